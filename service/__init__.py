@@ -1,0 +1,4 @@
+"""A Starlette microservice behind a personal or team website: health, GitHub repositories, announcements."""
+
+API_NAME = "website-api"
+API_VERSION = 1

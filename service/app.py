@@ -1,0 +1,63 @@
+"""ASGI app assembly: `create_app(settings)` wires routes, middleware, error handlers and the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from service import docs, health
+from service.errors import EXCEPTION_HANDLERS
+from service.middleware import BodyLimitMiddleware, CorsMiddleware, RequestContextMiddleware, RequestTimeoutMiddleware
+from service.settings import Settings, load_settings, settings_or_exit
+
+CORS_EXPOSED = ["ETag", "Location", "Link", "Retry-After", "X-Request-ID", "X-Cache", "Age"]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings if settings is not None else load_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.readiness = {}
+        yield
+
+    middleware = [Middleware(RequestContextMiddleware, access_log=settings.access_log)]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CorsMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match", "X-Request-ID"],
+                expose_headers=CORS_EXPOSED,
+                max_age=600,
+            )
+        )
+    middleware += [
+        Middleware(RequestTimeoutMiddleware, timeout=settings.request_timeout),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+    ]
+    app = Starlette(
+        routes=[*health.routes, *docs.build_routes()],
+        middleware=middleware,
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """`service.app:app` for uvicorn, built on first access so importing this module reads no environment."""
+    if name != "app":
+        raise AttributeError(name)
+    from service.logs import configure_logging
+
+    settings = settings_or_exit()
+    configure_logging(settings.log_level)
+    globals()["app"] = application = create_app(settings)
+    return application

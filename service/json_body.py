@@ -1,0 +1,92 @@
+"""Turn a request's JSON body (or query string) into a msgspec struct, or a problem naming every bad field."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+
+from service.errors import FieldError, InvalidInput, MalformedJson, UnsupportedMediaType
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+JSON_MEDIA_TYPES = ("application/json", "application/merge-patch+json")
+_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+async def read_json(request: Request, decoder: msgspec.json.Decoder[T]) -> T:
+    """Decode the body straight from bytes; on failure list every offending field, not just the first."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type not in JSON_MEDIA_TYPES:
+        raise UnsupportedMediaType(f"Send the body as application/json (got {media_type or 'no content type'}).")
+    body = await request.body()
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError:
+        pass  # the wrong shape: collect every field error below
+    except msgspec.DecodeError as exc:
+        raise _malformed(exc) from None
+    try:
+        # Validation stops at the first error, so the rest of the body may still be malformed.
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise _malformed(exc) from None
+    raise InvalidInput(field_errors(value, decoder.type))
+
+
+def _malformed(exc: msgspec.DecodeError) -> MalformedJson:
+    return MalformedJson(f"The body is not valid JSON: {_message(exc)}.")
+
+
+def convert_query(params: Mapping[str, str], struct: type[T]) -> T:
+    """Query parameters into a struct; strings are coerced (?limit=5), unknown names are refused."""
+    known = set(struct.__struct_encode_fields__)
+    unknown = [FieldError(name, "unknown query parameter") for name in params if name not in known]
+    if unknown:
+        raise InvalidInput(unknown)
+    try:
+        return msgspec.convert(dict(params), struct, strict=False)
+    except msgspec.ValidationError:
+        raise InvalidInput(field_errors(dict(params), struct, strict=False)) from None
+
+
+def field_errors(value: Any, struct: type[msgspec.Struct], *, strict: bool = True) -> list[FieldError]:
+    """Check each field on its own so the caller hears about all of them at once."""
+    if not isinstance(value, dict):
+        return [FieldError("$", f"expected a JSON object, got {_json_type(value)}")]
+    fields = {f.encode_name: f for f in msgspec.structs.fields(struct)}
+    errors = [FieldError(name, "unknown field") for name in value if name not in fields]
+    for name, info in fields.items():
+        if name not in value:
+            if info.required:
+                errors.append(FieldError(name, "required"))
+            continue
+        try:
+            msgspec.convert(value[name], info.type, strict=strict)
+        except msgspec.ValidationError as exc:
+            errors.append(FieldError(name + _subpath(exc), _message(exc)))
+    if not errors:  # every field passes alone: the struct's own cross-field check refused it
+        try:
+            msgspec.convert(value, struct, strict=strict)
+        except msgspec.ValidationError as exc:
+            errors.append(FieldError("$", _message(exc)))
+    return errors
+
+
+def _subpath(exc: msgspec.ValidationError) -> str:
+    match = _PATH.search(str(exc))
+    return match["path"] if match else ""
+
+
+def _message(exc: Exception) -> str:
+    text = _PATH.sub("", str(exc)).replace("`", "")
+    return text[:1].lower() + text[1:]
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(value), "null"
+    )

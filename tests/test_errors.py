@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+import msgspec
+import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.app import create_app
+from service.json_body import read_json
+from service.settings import Settings
+from tests.conftest import running
+
+pytestmark = pytest.mark.anyio
+
+
+class Note(msgspec.Struct, forbid_unknown_fields=True):
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=10)]
+    count: int = 0
+    tags: list[Annotated[str, msgspec.Meta(pattern="^[a-z]+$")]] = []
+
+
+_note_decoder = msgspec.json.Decoder(Note)
+
+
+async def echo_note(request: Request) -> Response:
+    note = await read_json(request, _note_decoder)
+    return Response(msgspec.json.encode(note), media_type="application/json")
+
+
+async def boom(request: Request) -> Response:
+    raise RuntimeError("database password is hunter2")
+
+
+def app_with_test_routes(settings: Settings):  # type: ignore[no-untyped-def]
+    app = create_app(settings)
+    app.router.routes += [Route("/_test/notes", echo_note, methods=["POST"]), Route("/_test/boom", boom)]
+    return app
+
+
+def assert_problem(response, status: int) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status
+    assert {"type", "title", "status", "instance", "request_id"} <= problem.keys()
+    assert problem["request_id"] == response.headers["x-request-id"]
+    return problem
+
+
+async def test_unknown_path_is_404_problem(client) -> None:  # type: ignore[no-untyped-def]
+    problem = assert_problem(await client.get("/nope"), 404)
+    assert problem["type"] == "about:blank" and problem["title"] == "Not Found" and problem["instance"] == "/nope"
+
+
+async def test_wrong_method_is_405_problem_with_allow(client) -> None:  # type: ignore[no-untyped-def]
+    response = await client.delete("/health")
+    assert_problem(response, 405)
+    assert response.headers["allow"] == "GET, HEAD"
+
+
+async def test_unexpected_exception_is_generic_500_with_request_id(make_settings: Callable[..., Settings], caplog) -> None:  # type: ignore[no-untyped-def]
+    async with running(app_with_test_routes(make_settings())) as client:
+        # ServerErrorMiddleware re-raises after answering, so the server can log it; ASGITransport does too.
+        transport = client._transport
+        transport.raise_app_exceptions = False  # type: ignore[attr-defined]
+        response = await client.get("/_test/boom", headers={"X-Request-ID": "trace-me-1"})
+    problem = assert_problem(response, 500)
+    assert "trace-me-1" in problem["detail"]
+    assert "hunter2" not in response.text and "Traceback" not in response.text
+    assert response.headers["x-content-type-options"] == "nosniff"
+    logged = [r for r in caplog.records if r.name == "service.errors"]
+    assert logged and logged[0].request_id == "trace-me-1" and logged[0].exc_info
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (b'{"title": "ok"', "application/json", 400),
+        (b"0\x01", "application/json", 400),
+        (b"", "application/json", 400),
+        (b'{"title": 5, ', "application/json", 400),  # wrong type first, then malformed
+        (b'{"title": "ok"}', "text/plain", 415),
+        (b'{"title": "ok"}', "", 415),
+    ],
+)
+async def test_bad_bodies_get_clear_problems(make_settings, body: bytes, content_type: str, status: int) -> None:  # type: ignore[no-untyped-def]
+    headers = {"content-type": content_type} if content_type else {}
+    async with running(app_with_test_routes(make_settings())) as client:
+        response = await client.post("/_test/notes", content=body, headers=headers)
+    assert_problem(response, status)
+
+
+async def test_invalid_fields_are_all_listed_in_one_422(make_settings) -> None:  # type: ignore[no-untyped-def]
+    body = {"title": "far too long a title", "count": "3", "tags": ["ok", "NO"], "colour": "red"}
+    async with running(app_with_test_routes(make_settings())) as client:
+        response = await client.post("/_test/notes", json=body)
+    problem = assert_problem(response, 422)
+    fields = {e["field"]: e["message"] for e in problem["errors"]}
+    assert set(fields) == {"title", "count", "tags[1]", "colour"}
+    assert fields["colour"] == "unknown field"
+    assert "<= 10" in fields["title"]
+
+
+async def test_missing_required_field_and_non_object_body(make_settings) -> None:  # type: ignore[no-untyped-def]
+    async with running(app_with_test_routes(make_settings())) as client:
+        missing = await client.post("/_test/notes", json={})
+        array = await client.post("/_test/notes", json=[1, 2])
+    assert assert_problem(missing, 422)["errors"] == [{"field": "title", "message": "required"}]
+    assert assert_problem(array, 422)["errors"][0]["field"] == "$"
+
+
+async def test_valid_body_is_decoded(make_settings) -> None:  # type: ignore[no-untyped-def]
+    async with running(app_with_test_routes(make_settings())) as client:
+        response = await client.post("/_test/notes", json={"title": "hi", "tags": ["a"]})
+    assert response.status_code == 200 and response.json() == {"title": "hi", "count": 0, "tags": ["a"]}

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from service.settings import DEFAULT_DATABASE_URL, Settings, SettingsError, load_settings
+
+
+def test_defaults_when_nothing_is_set() -> None:
+    s = load_settings({})
+    assert s == Settings()
+    assert (s.port, s.log_level, s.access_log, s.cors_origins) == (8000, "info", True, ())
+    assert (s.max_body_bytes, s.request_timeout) == (65536, 10.0)
+    assert (s.github_owner, s.github_token, s.github_api_url) == (None, None, "https://api.github.com")
+    assert (s.github_timeout, s.github_cache_ttl, s.github_stale_ttl) == (10.0, 300.0, 86400.0)
+    assert s.database_url == DEFAULT_DATABASE_URL and s.database_url.startswith("sqlite:///data/")
+    assert s.admin_token is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "attribute", "expected"),
+    [
+        ("PORT", "5000", "port", 5000),
+        ("LOG_LEVEL", "DEBUG", "log_level", "debug"),
+        ("ACCESS_LOG", "false", "access_log", False),
+        ("ACCESS_LOG", "0", "access_log", False),
+        ("CORS_ORIGINS", "https://a.example, https://b.example", "cors_origins", ("https://a.example", "https://b.example")),
+        ("MAX_BODY_BYTES", "1024", "max_body_bytes", 1024),
+        ("REQUEST_TIMEOUT", "2.5", "request_timeout", 2.5),
+        ("WEB_CONCURRENCY", "3", "web_concurrency", 3),
+        ("GITHUB_OWNER", "octo-dev", "github_owner", "octo-dev"),
+        ("GITHUB_TOKEN", "ghp_example", "github_token", "ghp_example"),
+        ("GITHUB_API_URL", "http://127.0.0.1:9000", "github_api_url", "http://127.0.0.1:9000"),
+        ("GITHUB_TIMEOUT", "3", "github_timeout", 3.0),
+        ("GITHUB_CACHE_TTL", "0", "github_cache_ttl", 0.0),
+        ("GITHUB_STALE_TTL", "60", "github_stale_ttl", 60.0),
+        ("DATABASE_URL", "postgres://u:p@db.example:5432/site", "database_url", "postgres://u:p@db.example:5432/site"),
+        ("ADMIN_TOKEN", "s3cret-admin-token-0123", "admin_token", "s3cret-admin-token-0123"),
+    ],
+)
+def test_good_value_is_used(name: str, value: str, attribute: str, expected: object) -> None:
+    assert getattr(load_settings({name: value}), attribute) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "-1"),
+        ("PORT", "http"),
+        ("PORT", "70000"),
+        ("LOG_LEVEL", "loud"),
+        ("ACCESS_LOG", "maybe"),
+        ("MAX_BODY_BYTES", "0"),
+        ("REQUEST_TIMEOUT", "nan"),
+        ("REQUEST_TIMEOUT", "-3"),
+        ("WEB_CONCURRENCY", "0"),
+        ("GITHUB_OWNER", "not/a/login"),
+        ("GITHUB_API_URL", "ftp://example.org"),
+        ("GITHUB_TIMEOUT", "abc"),
+        ("GITHUB_TIMEOUT", "45"),
+        ("GITHUB_CACHE_TTL", "-1"),
+        ("GITHUB_STALE_TTL", "soon"),
+        ("DATABASE_URL", "mysql://localhost/db"),
+        ("ADMIN_TOKEN", "short"),
+    ],
+)
+def test_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({name: value})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"invalid {name}=")
+    assert "expected " in message
+
+
+def test_empty_value_means_default() -> None:
+    assert load_settings({"PORT": "", "GITHUB_OWNER": "  "}) == Settings()
+
+
+def test_secret_values_never_appear_in_errors() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"ADMIN_TOKEN": "tiny"})
+    assert "tiny" not in str(caught.value)
+
+
+def test_public_view_masks_secrets_and_database_password() -> None:
+    s = load_settings(
+        {
+            "GITHUB_TOKEN": "ghp_very_secret",
+            "ADMIN_TOKEN": "admin-secret-0123456789",
+            "DATABASE_URL": "postgres://user:dbpass@host:5432/db",
+        }
+    )
+    view = s.public_view()
+    text = repr(view)
+    for secret in ("ghp_very_secret", "admin-secret-0123456789", "dbpass"):
+        assert secret not in text
+    assert view["GITHUB_TOKEN"] == "***" and view["ADMIN_TOKEN"] == "***"
+    assert view["DATABASE_URL"] == "postgres://user:***@host:5432/db"
+
+
+def _run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in Settings.__struct_encode_fields__}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args], env={**clean, **env}, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_config_prints_masked_settings_and_exits_0() -> None:
+    done = _run_cli("check-config", GITHUB_TOKEN="ghp_cli_secret", GITHUB_OWNER="octo-dev")
+    assert done.returncode == 0, done.stderr
+    assert '"GITHUB_OWNER": "octo-dev"' in done.stdout
+    assert "ghp_cli_secret" not in done.stdout + done.stderr
+
+
+def test_bad_value_stops_start_up_with_one_line() -> None:
+    done = _run_cli("serve", GITHUB_TIMEOUT="abc")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert "GITHUB_TIMEOUT" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_uvicorn_import_of_app_fails_with_the_same_line() -> None:
+    clean = {k: v for k, v in os.environ.items() if k not in Settings.__struct_encode_fields__}
+    done = subprocess.run(
+        [sys.executable, "-c", "import service.app; service.app.app"],
+        env={**clean, "PORT": "-1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == "configuration error: invalid PORT='-1': expected int >= 1; expected an integer from 1 to 65535"
