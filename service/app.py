@@ -11,6 +11,9 @@ from starlette.middleware import Middleware
 
 from service import docs, health
 from service.errors import EXCEPTION_HANDLERS
+from service.github import routes as github_routes
+from service.github.cache import UpstreamCache
+from service.github.client import GitHubClient, build_http_client
 from service.middleware import BodyLimitMiddleware, CorsMiddleware, RequestContextMiddleware, RequestTimeoutMiddleware
 from service.settings import Settings, load_settings, settings_or_exit
 
@@ -22,8 +25,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.readiness = {}
-        yield
+        http = build_http_client(api_url=settings.github_api_url, token=settings.github_token, timeout=settings.github_timeout)
+        async with http:
+            app.state.github = GitHubClient(
+                http,
+                owner=settings.github_owner,
+                cache=UpstreamCache(ttl=settings.github_cache_ttl, stale_ttl=settings.github_stale_ttl),
+                timeout=settings.github_timeout,
+            )
+            app.state.readiness = {"github": app.state.github.readiness}
+            yield
 
     middleware = [Middleware(RequestContextMiddleware, access_log=settings.access_log)]
     if settings.cors_origins:
@@ -42,7 +53,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
     ]
     app = Starlette(
-        routes=[*health.routes, *docs.build_routes()],
+        routes=[*health.routes, *github_routes.routes, *docs.build_routes()],
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

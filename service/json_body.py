@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
 from service.errors import FieldError, InvalidInput, MalformedJson, UnsupportedMediaType
@@ -41,16 +41,23 @@ def _malformed(exc: msgspec.DecodeError) -> MalformedJson:
     return MalformedJson(f"The body is not valid JSON: {_message(exc)}.")
 
 
-def convert_query(params: Mapping[str, str], struct: type[T]) -> T:
-    """Query parameters into a struct; strings are coerced (?limit=5), unknown names are refused."""
-    known = set(struct.__struct_encode_fields__)
-    unknown = [FieldError(name, "unknown query parameter") for name in params if name not in known]
-    if unknown:
-        raise InvalidInput(unknown)
+def convert_query(params: QueryParams, struct: type[T]) -> T:
+    """Query parameters into a struct; strings are coerced (?limit=5), unknown or repeated names are refused."""
+    known = struct.__struct_encode_fields__
+    values: dict[str, str] = {}
+    errors = []
+    for name, value in params.multi_items():
+        if name not in known:
+            errors.append(FieldError(name, "unknown query parameter"))
+        elif name in values:
+            errors.append(FieldError(name, "given more than once"))
+        values[name] = value
+    if errors:
+        raise InvalidInput(errors)
     try:
-        return msgspec.convert(dict(params), struct, strict=False)
+        return msgspec.convert(values, struct, strict=False)
     except msgspec.ValidationError:
-        raise InvalidInput(field_errors(dict(params), struct, strict=False)) from None
+        raise InvalidInput(field_errors(values, struct, strict=False)) from None
 
 
 def field_errors(value: Any, struct: type[msgspec.Struct], *, strict: bool = True) -> list[FieldError]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 
 from service.app import create_app
 from service.settings import Settings, load_settings
+from tests.github_standin import GitHubStandIn
 
 
 @pytest.fixture
@@ -43,3 +44,10 @@ async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
 async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
     async with running(create_app(make_settings())) as client:
         yield client
+
+
+@pytest.fixture
+def standin() -> Iterator[GitHubStandIn]:
+    """A real HTTP server on 127.0.0.1 playing GitHub for owner octo-dev with 30 repositories."""
+    with GitHubStandIn(count=30) as server:
+        yield server

@@ -11,6 +11,7 @@ from starlette.routing import Route
 from service.app import create_app
 from service.docs import load_spec, spec_path
 from service.settings import Settings
+from tests.github_standin import GitHubStandIn
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -30,9 +31,9 @@ CONFIG = {
 
 
 @pytest.fixture
-def api_schema(make_settings: Callable[..., Settings]):  # type: ignore[no-untyped-def]
+def api_schema(make_settings: Callable[..., Settings], standin: GitHubStandIn):  # type: ignore[no-untyped-def]
     schema = schemathesis.openapi.from_path(str(spec_path()), config=schemathesis.Config.from_dict(CONFIG))
-    schema.app = create_app(make_settings())
+    schema.app = create_app(make_settings(GITHUB_OWNER=standin.owner, GITHUB_API_URL=standin.url))
     return schema
 
 

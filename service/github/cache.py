@@ -1,0 +1,119 @@
+"""Per-key cache of upstream answers: freshness, single-flight refresh, stale-if-error, encoded views.
+
+Knows nothing of GitHub or HTTP: a fetcher gets the current entry (to revalidate it) and returns
+new data, NOT_MODIFIED, or raises. `UpstreamFailure`s are covered by the last good copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+from service.errors import ApiError
+
+MAX_VIEWS_PER_ENTRY = 256
+
+
+class UpstreamFailure(ApiError):
+    """The upstream could not answer usefully; a cached copy may stand in for it."""
+
+
+class NotModified:
+    """The upstream confirmed the cached copy (HTTP 304)."""
+
+
+NOT_MODIFIED = NotModified()
+
+
+class Fetched(NamedTuple):
+    value: Any
+    validators: Any  # whatever the fetcher needs next time to revalidate, e.g. ETags
+
+
+@dataclass(frozen=True)
+class EncodedView:
+    body: bytes
+    etag: str
+
+
+@dataclass(eq=False)
+class Entry:
+    value: Any
+    validators: Any
+    validated_at: float  # clock time of the last upstream confirmation
+    views: dict[Hashable, EncodedView] = field(default_factory=dict)
+
+    def view(self, key: Hashable, render: Callable[[], bytes]) -> EncodedView:
+        """The encoded answer for one view of this entry, rendered once and kept with it."""
+        found = self.views.get(key)
+        if found is None:
+            if len(self.views) >= MAX_VIEWS_PER_ENTRY:
+                self.views.clear()
+            body = render()
+            found = self.views[key] = EncodedView(body, '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"')
+        return found
+
+
+CacheState = Literal["hit", "miss", "revalidated", "stale"]
+
+
+class Lookup(NamedTuple):
+    entry: Entry
+    state: CacheState
+
+
+Fetcher = Callable[[Entry | None], Awaitable[Fetched | NotModified]]
+
+
+class UpstreamCache:
+    def __init__(self, *, ttl: float, stale_ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.stale_ttl = stale_ttl
+        self.clock = clock
+        self._entries: dict[Hashable, Entry] = {}
+        self._inflight: dict[Hashable, asyncio.Future[Lookup]] = {}
+
+    def peek(self, key: Hashable) -> Entry | None:
+        return self._entries.get(key)
+
+    def age(self, entry: Entry) -> float:
+        return self.clock() - entry.validated_at
+
+    async def get(self, key: Hashable, fetch: Fetcher) -> Lookup:
+        entry = self._entries.get(key)
+        if entry is not None and self.age(entry) < self.ttl:
+            return Lookup(entry, "hit")
+        refresh = self._inflight.get(key)
+        if refresh is None:
+            # One upstream call per key however many requests miss at once; it runs as its own
+            # task so a caller that gives up (timeout, disconnect) does not cancel it for the others.
+            refresh = asyncio.ensure_future(self._refresh(key, entry, fetch))
+            self._inflight[key] = refresh
+            refresh.add_done_callback(lambda done: self._settled(key, done))
+        return await asyncio.shield(refresh)
+
+    def _settled(self, key: Hashable, done: asyncio.Future[Lookup]) -> None:
+        self._inflight.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here too, so an unawaited failure is not reported as lost
+
+    async def _refresh(self, key: Hashable, entry: Entry | None, fetch: Fetcher) -> Lookup:
+        try:
+            result = await fetch(entry)
+        except UpstreamFailure:
+            if entry is not None and self.age(entry) < self.stale_ttl:
+                return Lookup(entry, "stale")
+            raise
+        except Exception:
+            self._entries.pop(key, None)  # e.g. the resource is gone upstream: forget it
+            raise
+        if isinstance(result, NotModified):
+            assert entry is not None
+            entry.validated_at = self.clock()
+            return Lookup(entry, "revalidated")
+        fresh = self._entries[key] = Entry(result.value, result.validators, self.clock())
+        return Lookup(fresh, "miss")

@@ -1,0 +1,361 @@
+"""GitHub endpoints through a real HTTP stand-in for GitHub on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+import httpx
+import pytest
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import running
+from tests.github_standin import GitHubStandIn, Reply
+from tests.test_errors import assert_problem
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "ghp_standin_secret_token_123"
+
+
+@pytest.fixture
+def github_client(make_settings: Callable[..., Settings]):  # type: ignore[no-untyped-def]
+    """An app whose GitHub is the given stand-in (or URL); short timeouts so failures are quick."""
+
+    @contextlib.asynccontextmanager
+    async def open_client(target: GitHubStandIn | str, **env: str) -> AsyncIterator[httpx.AsyncClient]:
+        url = target if isinstance(target, str) else target.url
+        base = {"GITHUB_OWNER": "octo-dev", "GITHUB_API_URL": url, "GITHUB_TIMEOUT": "1", "GITHUB_TOKEN": TOKEN}
+        async with running(create_app(make_settings(**{**base, **env}))) as client:
+            yield client
+
+    return open_client
+
+
+def names(response: httpx.Response) -> list[str]:
+    return [r["name"] for r in response.json()]
+
+
+# -- normal answers --------------------------------------------------------------------------
+
+
+async def test_lists_repositories_newest_push_first_without_forks(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin) as client:
+        response = await client.get("/github/repos")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    repos = response.json()
+    expected = sorted((r for r in standin.repos if not r["fork"]), key=lambda r: r["pushed_at"], reverse=True)
+    assert [r["name"] for r in repos] == [r["name"] for r in expected][:30]
+    assert set(repos[0]) == {
+        "name", "full_name", "html_url", "description", "homepage", "language", "topics", "stargazers_count",
+        "forks_count", "open_issues_count", "fork", "archived", "license", "default_branch", "created_at",
+        "updated_at", "pushed_at",
+    }  # fmt: skip
+    licensed = next(r for r in repos if r["license"])
+    assert set(licensed["license"]) == {"spdx_id", "name"}
+
+
+async def test_upstream_request_carries_githubs_required_headers(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin) as client:
+        await client.get("/github/repos")
+    headers = standin.calls_to("/users/octo-dev/repos")[0].headers
+    assert headers["accept"] == "application/vnd.github+json"
+    assert headers["x-github-api-version"] == "2022-11-28"
+    assert headers["authorization"] == f"Bearer {TOKEN}"
+    assert headers["user-agent"].startswith("website-api")
+    assert "per_page=100" in standin.calls_to("/users/octo-dev/repos")[0].path
+
+
+async def test_organisation_owner_lists_org_repositories(github_client) -> None:  # type: ignore[no-untyped-def]
+    with GitHubStandIn(owner_type="Organization") as org:
+        async with github_client(org) as client:
+            response = await client.get("/github/repos")
+    assert response.status_code == 200
+    assert org.calls_to("/orgs/octo-dev/repos") and not org.calls_to("/users/octo-dev/repos")
+
+
+@pytest.mark.parametrize(
+    ("query", "check"),
+    [
+        ("sort=name", lambda repos, all_: [r["name"] for r in repos] == sorted(r["name"] for r in all_ if not r["fork"])),
+        ("sort=stars&direction=asc&forks=true&limit=100", lambda repos, all_: [r["stargazers_count"] for r in repos] == sorted(r["stargazers_count"] for r in all_)),
+        ("language=python", lambda repos, all_: repos and all(r["language"] == "Python" for r in repos)),
+        ("topic=rust&forks=true", lambda repos, all_: len(repos) == sum("rust" in r["topics"] for r in all_)),
+        ("archived=false", lambda repos, all_: repos and not any(r["archived"] for r in repos)),
+        ("forks=true&limit=5", lambda repos, all_: len(repos) == 5),
+        ("forks=true&limit=100", lambda repos, all_: len(repos) == len(all_) and any(r["fork"] for r in repos)),
+    ],
+)
+async def test_query_parameters_filter_and_sort(standin, github_client, query: str, check) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin) as client:
+        response = await client.get(f"/github/repos?{query}")
+    assert response.status_code == 200
+    assert check(response.json(), standin.repos)
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("limit=0", "limit"), ("limit=101", "limit"), ("limit=ten", "limit"), ("sort=stargazers", "sort"),
+     ("direction=up", "direction"), ("direction=null", "direction"), ("forks=maybe", "forks"), ("language=", "language"),
+     ("colour=red", "colour"), ("limit=5&limit=6", "limit")],
+)  # fmt: skip
+async def test_invalid_query_is_422_naming_the_parameter(standin, github_client, query: str, field: str) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin) as client:
+        response = await client.get(f"/github/repos?{query}")
+    problem = assert_problem(response, 422)
+    assert [e["field"] for e in problem["errors"]] == [field]
+    assert not standin.calls, "an invalid query must not reach GitHub"
+
+
+async def test_every_page_is_followed_and_fetched_once_under_100_concurrent_requests(github_client) -> None:  # type: ignore[no-untyped-def]
+    with GitHubStandIn(count=250) as big:
+        big.delay = 0.2
+        async with github_client(big, GITHUB_TIMEOUT="5") as client:
+            responses: list[httpx.Response] = []
+
+            async def one() -> None:
+                responses.append(await client.get("/github/repos?forks=true&sort=name&direction=desc&limit=100"))
+
+            async with anyio.create_task_group() as group:
+                for _ in range(100):
+                    group.start_soon(one)
+        pages = [c.path for c in big.calls_to("/users/octo-dev/repos")]
+    assert len(responses) == 100 and all(r.status_code == 200 for r in responses)
+    assert len({r.content for r in responses}) == 1
+    assert len(big.calls_to("/users/octo-dev?")) + len([c for c in big.calls if c.path == "/users/octo-dev"]) == 1
+    assert len(pages) == 3 and len(set(pages)) == 3  # one call per page
+    everything = sorted((r["name"] for r in big.repos), reverse=True)
+    assert names(responses[0]) == everything[:100]  # names from page 3 sort first: all pages were read
+
+
+async def test_single_repository_and_owner_profile(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin) as client:
+        repo = await client.get("/github/repos/project-001")
+        owner = await client.get("/github/owner")
+    assert repo.status_code == 200 and repo.json()["full_name"] == "octo-dev/project-001"
+    assert owner.status_code == 200
+    assert set(owner.json()) == {
+        "login", "type", "html_url", "avatar_url", "name", "bio", "blog", "location", "public_repos", "followers"
+    }  # fmt: skip
+    assert owner.json()["login"] == "octo-dev" and owner.json()["type"] == "User"
+
+
+async def test_unknown_repository_is_404(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin) as client:
+        problem = assert_problem(await client.get("/github/repos/no-such-thing"), 404)
+    assert "no-such-thing" in problem["detail"]
+
+
+@pytest.mark.parametrize("name", ["..", ".", "tool.git", "TOOL.GIT", "a/b", "../../users", "a" * 101, "été", "a b", "a%2Fb"])
+async def test_invalid_repository_name_is_404_without_upstream_call(standin, github_client, name: str) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin) as client:
+        app = client._transport.app  # type: ignore[attr-defined]
+        # Straight to ASGI, as a server passes a decoded path on: no client-side normalisation of "." or "..".
+        status, body = await asgi_get(app, f"/github/repos/{name}")
+    assert status == 404 and json.loads(body)["status"] == 404
+    assert not standin.calls_to("/repos/")
+
+
+async def asgi_get(app, path: str) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": [],
+             "client": ("127.0.0.1", 1), "server": ("testserver", 80)}  # fmt: skip
+    await app(scope, receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def test_renamed_repository_is_followed(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    def renamed(path: str, headers: dict[str, str]) -> Reply | None:
+        if path == "/repos/octo-dev/old-name":
+            return Reply(301, b'{"message": "Moved Permanently"}', {"Location": f"{standin.url}/repos/octo-dev/project-002"})
+        return None
+
+    standin.scenario = renamed
+    async with github_client(standin) as client:
+        response = await client.get("/github/repos/old-name")
+    assert response.status_code == 200 and response.json()["name"] == "project-002"
+
+
+# -- caching ---------------------------------------------------------------------------------
+
+
+async def test_second_request_is_a_hit_with_cache_headers(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin, GITHUB_CACHE_TTL="300") as client:
+        first = await client.get("/github/repos")
+        second = await client.get("/github/repos")
+    assert first.headers["x-cache"] == "miss" and second.headers["x-cache"] == "hit"
+    assert first.content == second.content and first.headers["etag"] == second.headers["etag"]
+    assert second.headers["cache-control"] == "public, max-age=60, stale-while-revalidate=300, stale-if-error=86400"
+    assert int(second.headers["age"]) >= 0
+    assert len(standin.calls_to("/users/octo-dev/repos")) == 1
+
+
+async def test_client_if_none_match_gets_304(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin) as client:
+        first = await client.get("/github/repos?limit=3")
+        again = await client.get("/github/repos?limit=3", headers={"If-None-Match": first.headers["etag"]})
+        other_view = await client.get("/github/repos?limit=4", headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == first.headers["etag"]
+    assert other_view.status_code == 200
+
+
+async def test_revalidation_sends_if_none_match_and_304_keeps_serving(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin, GITHUB_CACHE_TTL="0") as client:
+        first = await client.get("/github/repos")
+        second = await client.get("/github/repos")
+    assert second.status_code == 200 and second.headers["x-cache"] == "revalidated"
+    assert second.content == first.content
+    calls = standin.calls_to("/users/octo-dev/repos")
+    assert len(calls) == 2
+    assert "if-none-match" not in calls[0].headers
+    assert calls[1].headers["if-none-match"].startswith('"')
+
+
+async def test_changed_upstream_is_served_after_revalidation(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin, GITHUB_CACHE_TTL="0") as client:
+        await client.get("/github/repos?sort=name")
+        standin.repos[1]["name"] = "aaa-renamed"
+        changed = await client.get("/github/repos?sort=name")
+    assert changed.headers["x-cache"] == "miss" and names(changed)[0] == "aaa-renamed"
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+def fail_repos(reply: Reply) -> Callable[[str, dict[str, str]], Reply | None]:
+    return lambda path, headers: reply if "/repos" in path else None
+
+
+RATE_LIMITED = Reply(403, b'{"message": "API rate limit exceeded"}', {"x-ratelimit-remaining": "0"})
+FAILURES = {
+    "timeout": (Reply(delay=3), 504),
+    "500": (Reply(500, b"oops"), 502),
+    "502": (Reply(502, b"<html>bad gateway</html>"), 502),
+    "not json": (Reply(200, b"<html>not json</html>"), 502),
+    "wrong shape": (Reply(200, b'{"message": "hello"}'), 502),
+    "wrong item shape": (Reply(200, b'[{"name": 5}]'), 502),
+    "reset": (Reply(reset_connection=True), 502),
+    "429 retry-after": (Reply(429, b"{}", {"retry-after": "7"}), 503),
+    "unexplained 403": (Reply(403, b'{"message": "Forbidden"}'), 502),
+}
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+async def test_upstream_failure_without_cache_is_a_problem_in_time(standin, github_client, failure: str) -> None:  # type: ignore[no-untyped-def]
+    reply, status = FAILURES[failure]
+    standin.scenario = fail_repos(reply)
+    async with github_client(standin) as client:
+        started = time.monotonic()
+        response = await client.get("/github/repos")
+        elapsed = time.monotonic() - started
+    assert_problem(response, status)
+    assert elapsed < 1.5, "answered within GITHUB_TIMEOUT (1 s) plus a little"
+    if failure == "429 retry-after":
+        assert response.headers["retry-after"] == "7"
+
+
+async def test_rate_limit_gives_503_with_retry_after_until_reset_and_no_upstream_call(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    reset = int(time.time()) + 30
+    standin.scenario = fail_repos(Reply(403, b"{}", {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset)}))
+    async with github_client(standin) as client:
+        first = await client.get("/github/repos")
+        calls_after_first = len(standin.calls)
+        standin.scenario = None  # GitHub would answer again, but the reset time has not passed
+        second = await client.get("/github/repos?sort=name")
+        single = await client.get("/github/repos/project-001")
+    assert_problem(first, 503)
+    assert 28 <= int(first.headers["retry-after"]) <= 31
+    assert_problem(second, 503) and assert_problem(single, 503)
+    assert int(second.headers["retry-after"]) <= int(first.headers["retry-after"])
+    assert len(standin.calls) == calls_after_first
+
+
+async def test_upstream_called_again_once_reset_passes(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    standin.scenario = fail_repos(Reply(429, b"{}", {"retry-after": "1"}))
+    async with github_client(standin) as client:
+        assert (await client.get("/github/repos")).status_code == 503
+        standin.scenario = None
+        await anyio.sleep(1.1)
+        assert (await client.get("/github/repos")).status_code == 200
+
+
+async def test_bad_credentials_are_503_and_the_token_is_never_echoed(standin, github_client, caplog) -> None:  # type: ignore[no-untyped-def]
+    standin.scenario = lambda path, headers: Reply(401, b'{"message": "Bad credentials"}')
+    caplog.set_level(logging.DEBUG)
+    async with github_client(standin) as client:
+        response = await client.get("/github/repos")
+        ready = await client.get("/health/ready")
+    problem = assert_problem(response, 503)
+    assert problem["title"] == "GitHub credentials rejected"
+    assert ready.status_code == 503 and "credentials rejected" in ready.json()["checks"]["github"]["detail"]
+    assert any("401" in r.getMessage() for r in caplog.records)
+    for text in (response.text, ready.text, json.dumps([r.getMessage() for r in caplog.records])):
+        assert TOKEN not in text
+
+
+async def test_connection_refused_is_502(github_client) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed when the block ends: nothing listens there
+    async with github_client(f"http://127.0.0.1:{port}") as client:
+        response = await client.get("/github/repos")
+    assert_problem(response, 502)
+
+
+async def test_owner_not_configured_is_503_and_ready_says_so(make_settings) -> None:  # type: ignore[no-untyped-def]
+    async with running(create_app(make_settings())) as client:
+        for path in ("/github/repos", "/github/owner", "/github/repos/x"):
+            assert assert_problem(await client.get(path), 503)["title"] == "GitHub owner not configured"
+        ready = await client.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["github"] == {"status": "failing", "detail": "GitHub owner not configured (GITHUB_OWNER)"}
+
+
+async def test_owner_that_does_not_exist_is_502_naming_it(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin, GITHUB_OWNER="ghost-owner") as client:
+        response = await client.get("/github/repos")
+        ready = await client.get("/health/ready")
+    assert "ghost-owner" in assert_problem(response, 502)["detail"]
+    assert ready.status_code == 503 and "ghost-owner" in ready.json()["checks"]["github"]["detail"]
+
+
+@pytest.mark.parametrize("failure", ["timeout", "500", "not json", "wrong shape", "reset", "429 retry-after"])
+async def test_stale_copy_is_served_when_refresh_fails(standin, github_client, failure: str) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin, GITHUB_CACHE_TTL="0") as client:
+        good = await client.get("/github/repos")
+        standin.scenario = fail_repos(FAILURES[failure][0])
+        stale = await client.get("/github/repos")
+        ready = await client.get("/health/ready")
+    assert stale.status_code == 200 and stale.headers["x-cache"] == "stale"
+    assert stale.content == good.content
+    assert ready.status_code == 200 and "serving cached copies" in ready.json()["checks"]["github"]["detail"]
+
+
+async def test_stale_copy_expires_after_stale_ttl(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin, GITHUB_CACHE_TTL="0", GITHUB_STALE_TTL="0.2") as client:
+        assert (await client.get("/github/repos")).status_code == 200
+        standin.scenario = fail_repos(FAILURES["500"][0])
+        await anyio.sleep(0.3)
+        assert_problem(await client.get("/github/repos"), 502)
+
+
+async def test_readiness_makes_no_upstream_call(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin) as client:
+        for _ in range(5):
+            ready = await client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json()["checks"]["github"]["status"] == "ok"
+    assert standin.calls == []
