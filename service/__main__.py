@@ -1,9 +1,10 @@
-"""Command line: `python -m service [serve | check-config]`."""
+"""Command line: `python -m service [serve | check-config | migrate | announcements …]`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -31,15 +32,76 @@ def check_config(settings: Settings) -> None:
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(settings.public_view())).decode() + "\n")
 
 
+def migrate(settings: Settings) -> None:
+    store = _opened_store(settings)
+    try:
+        applied = store.migrate()
+    finally:
+        store.close()
+    print(f"applied migrations {applied}" if applied else "schema already up to date")
+
+
+def announcements(settings: Settings, args: argparse.Namespace) -> None:
+    from service.announcements.models import NewAnnouncement
+    from service.errors import ApiError
+
+    store = _opened_store(settings)
+    try:
+        if args.action == "list":
+            now = datetime.now(UTC)
+            for item in store.list(now=now, limit=10_000, tag=None, include_all=True, after=None):
+                sys.stdout.write(msgspec.json.encode(item).decode() + "\n")
+        elif args.action == "add":
+            fields = {"title": args.title, "body": args.body, "tags": args.tag or [], "pinned": args.pinned}
+            fields.update({k: v for k, v in (("published_at", args.published_at), ("expires_at", args.expires_at)) if v})
+            created = store.create(msgspec.convert(fields, NewAnnouncement), now=datetime.now(UTC))
+            sys.stdout.write(msgspec.json.encode(created).decode() + "\n")
+        elif args.action == "delete":
+            store.delete(args.id, if_match=None)
+            print(f"deleted announcement {args.id}")
+    except msgspec.ValidationError as exc:
+        raise SystemExit(f"invalid announcement: {exc}") from None
+    except ApiError as exc:
+        raise SystemExit(f"{exc.title}: {exc.detail or ''}") from None
+    finally:
+        store.close()
+
+
+def _opened_store(settings: Settings):  # type: ignore[no-untyped-def]
+    from service.announcements.store import open_store
+
+    store = open_store(settings.database_url, pool_size=1)
+    store.open()
+    return store
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the HTTP server on $PORT (the default)")
     commands.add_parser("check-config", help="print the effective settings, secrets masked; exit 2 if invalid")
+    commands.add_parser("migrate", help="apply pending database migrations (Heroku's release phase)")
+    manage = commands.add_parser("announcements", help="list, add or delete announcements from a shell")
+    actions = manage.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every announcement, drafts and expired included, as JSON lines")
+    add = actions.add_parser("add", help="publish an announcement")
+    add.add_argument("--title", required=True)
+    add.add_argument("--body", required=True)
+    add.add_argument("--tag", action="append", help="repeat for several tags")
+    add.add_argument("--pinned", action="store_true")
+    add.add_argument("--published-at", help="RFC 3339 time; default now (a future time schedules it)")
+    add.add_argument("--expires-at", help="RFC 3339 time")
+    delete = actions.add_parser("delete", help="delete an announcement")
+    delete.add_argument("id", type=int)
     args = parser.parse_args(argv)
+
     settings = settings_or_exit()
     if args.command == "check-config":
         check_config(settings)
+    elif args.command == "migrate":
+        migrate(settings)
+    elif args.command == "announcements":
+        announcements(settings, args)
     else:
         serve(settings)
 

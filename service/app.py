@@ -6,14 +6,19 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 
 from service import docs, health
+from service.announcements import routes as announcement_routes
+from service.announcements.store import open_store
 from service.errors import EXCEPTION_HANDLERS
 from service.github import routes as github_routes
 from service.github.cache import UpstreamCache
 from service.github.client import GitHubClient, build_http_client
+from service.health import Check
 from service.middleware import BodyLimitMiddleware, CorsMiddleware, RequestContextMiddleware, RequestTimeoutMiddleware
 from service.settings import Settings, load_settings, settings_or_exit
 
@@ -25,15 +30,27 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        http = build_http_client(api_url=settings.github_api_url, token=settings.github_token, timeout=settings.github_timeout)
-        async with http:
+        async with contextlib.AsyncExitStack() as resources:
+            http = build_http_client(api_url=settings.github_api_url, token=settings.github_token, timeout=settings.github_timeout)
+            await resources.enter_async_context(http)
             app.state.github = GitHubClient(
                 http,
                 owner=settings.github_owner,
                 cache=UpstreamCache(ttl=settings.github_cache_ttl, stale_ttl=settings.github_stale_ttl),
                 timeout=settings.github_timeout,
             )
-            app.state.readiness = {"github": app.state.github.readiness}
+            app.state.store = store = open_store(settings.database_url, pool_size=settings.database_pool_size)
+            app.state.store_limiter = anyio.CapacityLimiter(settings.database_pool_size)
+            await run_in_threadpool(store.open)
+            resources.push_async_callback(run_in_threadpool, store.close)
+            if store.kind == "sqlite":  # zero set-up locally; PostgreSQL is migrated by the release phase
+                await run_in_threadpool(store.migrate)
+
+            async def database_readiness() -> Check:
+                ok, detail = await run_in_threadpool(store.readiness)
+                return Check("ok" if ok else "failing", detail)
+
+            app.state.readiness = {"database": database_readiness, "github": app.state.github.readiness}
             yield
 
     middleware = [Middleware(RequestContextMiddleware, access_log=settings.access_log)]
@@ -53,7 +70,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
     ]
     app = Starlette(
-        routes=[*health.routes, *github_routes.routes, *docs.build_routes()],
+        routes=[*health.routes, *github_routes.routes, *announcement_routes.routes, *docs.build_routes()],
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

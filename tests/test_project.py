@@ -32,3 +32,7 @@ def test_procfile_web_process_runs_uvicorn_for_heroku() -> None:
     keep_alive = int(re.search(r"--timeout-keep-alive (\d+)", web)[1])  # type: ignore[index]
     graceful = int(re.search(r"--timeout-graceful-shutdown (\d+)", web)[1])  # type: ignore[index]
     assert keep_alive > 90 and graceful < 30
+
+
+def test_procfile_release_process_migrates() -> None:
+    assert "release: python -m service migrate" in (ROOT / "Procfile").read_text().splitlines()

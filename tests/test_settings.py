@@ -39,6 +39,7 @@ def test_defaults_when_nothing_is_set() -> None:
         ("GITHUB_STALE_TTL", "60", "github_stale_ttl", 60.0),
         ("DATABASE_URL", "postgres://u:p@db.example:5432/site", "database_url", "postgres://u:p@db.example:5432/site"),
         ("ADMIN_TOKEN", "s3cret-admin-token-0123", "admin_token", "s3cret-admin-token-0123"),
+        ("DATABASE_POOL_SIZE", "12", "database_pool_size", 12),
     ],
 )
 def test_good_value_is_used(name: str, value: str, attribute: str, expected: object) -> None:
@@ -65,6 +66,8 @@ def test_good_value_is_used(name: str, value: str, attribute: str, expected: obj
         ("GITHUB_STALE_TTL", "soon"),
         ("DATABASE_URL", "mysql://localhost/db"),
         ("ADMIN_TOKEN", "short"),
+        ("DATABASE_POOL_SIZE", "0"),
+        ("DATABASE_POOL_SIZE", "41"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> None:

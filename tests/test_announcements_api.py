@@ -1,0 +1,258 @@
+"""/announcements over HTTP (in-process ASGI), on SQLite and PostgreSQL: every status, auth included."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+import httpx
+import pytest
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import running
+from tests.test_errors import assert_problem
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "admin-token-for-tests-0123456789"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+POST = {"title": "New talk on Friday", "body": "About **async** Python.", "tags": ["talks"]}
+
+
+@pytest.fixture
+def open_api(make_settings: Callable[..., Settings], database_url: str):  # type: ignore[no-untyped-def]
+    @contextlib.asynccontextmanager
+    async def open_client(**env: str) -> AsyncIterator[httpx.AsyncClient]:
+        settings = make_settings(**{"ADMIN_TOKEN": TOKEN, "DATABASE_URL": database_url, **env})
+        app = create_app(settings)
+        if not database_url.startswith("sqlite"):
+            from service.announcements.store import open_store
+
+            store = open_store(database_url, pool_size=1)
+            store.open()
+            store.migrate()  # the release phase's job on PostgreSQL
+            store.close()
+        async with running(app) as client:
+            yield client
+
+    return open_client
+
+
+@pytest.fixture
+async def api(open_api) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
+    async with open_api() as client:
+        yield client
+
+
+async def count_all(api: httpx.AsyncClient) -> int:
+    return len((await api.get("/announcements?status=all&limit=100", headers=ADMIN)).json()["items"])
+
+
+async def test_publish_then_read_it_back(api) -> None:  # type: ignore[no-untyped-def]
+    created = await api.post("/announcements", json=POST, headers=ADMIN)
+    assert created.status_code == 201
+    body = created.json()
+    assert created.headers["location"] == f"/announcements/{body['id']}"
+    assert {k: body[k] for k in POST} == POST and body["pinned"] is False and body["expires_at"] is None
+    fetched = await api.get(created.headers["location"])
+    assert fetched.status_code == 200 and fetched.json() == body
+    assert fetched.headers["etag"] == created.headers["etag"]
+    listed = await api.get("/announcements")
+    assert listed.json() == {"items": [body], "next_cursor": None}
+
+
+async def test_get_with_current_etag_is_304(api) -> None:  # type: ignore[no-untyped-def]
+    created = await api.post("/announcements", json=POST, headers=ADMIN)
+    again = await api.get(created.headers["location"], headers={"If-None-Match": created.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), ({"Authorization": "Bearer wrong-token-wrong-token"}, 401), ({"Authorization": f"Basic {TOKEN}"}, 401),
+     ({"Authorization": "Bearer"}, 401)],
+)  # fmt: skip
+async def test_writes_without_the_right_token_are_401_and_write_nothing(api, headers, status) -> None:  # type: ignore[no-untyped-def]
+    existing = (await api.post("/announcements", json=POST, headers=ADMIN)).json()["id"]
+    responses = [
+        await api.post("/announcements", json=POST, headers=headers),
+        await api.patch(f"/announcements/{existing}", json={"title": "x"}, headers=headers),
+        await api.delete(f"/announcements/{existing}", headers=headers),
+        await api.get("/announcements?status=all", headers=headers),
+    ]
+    for response in responses:
+        assert_problem(response, status)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    assert await count_all(api) == 1
+    assert (await api.get(f"/announcements/{existing}", headers=ADMIN)).json()["title"] == POST["title"]
+
+
+async def test_writes_are_disabled_without_admin_token(make_settings) -> None:  # type: ignore[no-untyped-def]
+    async with running(create_app(make_settings())) as client:
+        response = await client.post("/announcements", json=POST, headers=ADMIN)
+        listed = await client.get("/announcements")
+    assert "ADMIN_TOKEN" in assert_problem(response, 403)["detail"]
+    assert listed.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status"),
+    [
+        (b'{"title": "x", "body": ', "application/json", 400),
+        (b"\xff\xfe", "application/json", 400),
+        (b'{"title": "x", "body": "y"}', "text/plain", 415),
+        (b'{"title": "x", "body": "y"}', "application/x-www-form-urlencoded", 415),
+    ],
+)
+async def test_malformed_or_wrong_type_body_writes_nothing(api, content, content_type, status) -> None:  # type: ignore[no-untyped-def]
+    response = await api.post("/announcements", content=content, headers={**ADMIN, "content-type": content_type})
+    assert_problem(response, status)
+    assert await count_all(api) == 0
+
+
+async def test_invalid_fields_are_all_named_in_one_422(api) -> None:  # type: ignore[no-untyped-def]
+    bad = {
+        "title": "",
+        "body": "x" * 20_001,
+        "tags": ["Not-Lower", "ok", *["t"] * 10],
+        "pinned": "yes",
+        "published_at": "yesterday",
+        "expires_at": "2026-01-01T00:00:00",  # no offset
+        "colour": "red",
+    }
+    problem = assert_problem(await api.post("/announcements", json=bad, headers=ADMIN), 422)
+    fields = {e["field"] for e in problem["errors"]}
+    assert fields == {"title", "body", "tags", "pinned", "published_at", "expires_at", "colour"}
+    assert await count_all(api) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"title": "   ", "body": "x"}, "title"), ({"title": "t", "body": "x", "tags": ["a b"]}, "tags[0]"),
+     ({"title": "t", "body": "x", "published_at": "2026-11-23T10:00:00Z", "expires_at": "2026-11-23T09:00:00Z"}, "expires_at"),
+     ({"title": "t", "body": "x", "published_at": "9999-12-31T23:00:00-05:00"}, "published_at"), ({"body": "x"}, "title")],
+)  # fmt: skip
+async def test_constraint_violations_name_the_field(api, body, field) -> None:  # type: ignore[no-untyped-def]
+    problem = assert_problem(await api.post("/announcements", json=body, headers=ADMIN), 422)
+    assert [e["field"] for e in problem["errors"]] == [field]
+    assert await count_all(api) == 0
+
+
+async def test_body_over_max_body_bytes_is_413(open_api) -> None:  # type: ignore[no-untyped-def]
+    async with open_api(MAX_BODY_BYTES="1000") as api:
+        response = await api.post("/announcements", json={**POST, "body": "x" * 2000}, headers=ADMIN)
+        assert_problem(response, 413)
+        assert await count_all(api) == 0
+
+
+@pytest.mark.parametrize("path", ["/announcements/abc", "/announcements/-1", "/announcements/0", "/announcements/1.5",
+                                  "/announcements/99999999999999999999999", "/announcements/12345"])  # fmt: skip
+async def test_non_integer_or_unknown_id_is_404(api, path) -> None:  # type: ignore[no-untyped-def]
+    for response in (await api.get(path), await api.patch(path, json={"pinned": True}, headers=ADMIN),
+                     await api.delete(path, headers=ADMIN)):  # fmt: skip
+        assert_problem(response, 404)
+
+
+async def test_scheduled_and_expired_are_hidden_from_the_public_but_not_the_admin(api) -> None:  # type: ignore[no-untyped-def]
+    scheduled = (await api.post("/announcements", json={**POST, "published_at": "2099-01-01T00:00:00Z"}, headers=ADMIN)).json()
+    expired = (await api.post("/announcements", json={**POST, "published_at": "2020-01-01T00:00:00Z",
+                                                      "expires_at": "2020-02-01T00:00:00Z"}, headers=ADMIN)).json()  # fmt: skip
+    for item in (scheduled, expired):
+        assert_problem(await api.get(f"/announcements/{item['id']}"), 404)
+        admin_view = await api.get(f"/announcements/{item['id']}", headers=ADMIN)
+        assert admin_view.status_code == 200 and admin_view.headers["cache-control"] == "private, no-store"
+    assert (await api.get("/announcements")).json()["items"] == []
+    assert len((await api.get("/announcements?status=all", headers=ADMIN)).json()["items"]) == 2
+
+
+async def test_list_pages_with_cursor_and_filters_by_tag(api) -> None:  # type: ignore[no-untyped-def]
+    for i in range(7):
+        await api.post("/announcements", json={**POST, "title": f"n{i}", "tags": ["odd" if i % 2 else "even"],
+                                               "published_at": f"2026-01-0{i + 1}T00:00:00Z"}, headers=ADMIN)  # fmt: skip
+    first = (await api.get("/announcements?limit=3")).json()
+    second = (await api.get(f"/announcements?limit=3&cursor={first['next_cursor']}")).json()
+    third = (await api.get(f"/announcements?limit=3&cursor={second['next_cursor']}")).json()
+    titles = [a["title"] for page in (first, second, third) for a in page["items"]]
+    assert titles == ["n6", "n5", "n4", "n3", "n2", "n1", "n0"] and third["next_cursor"] is None
+    odd = (await api.get("/announcements?tag=odd")).json()["items"]
+    assert [a["title"] for a in odd] == ["n5", "n3", "n1"]
+    problem = assert_problem(await api.get("/announcements?cursor=garbage"), 422)
+    assert problem["errors"][0]["field"] == "cursor"
+    assert_problem(await api.get("/announcements?limit=0"), 422)
+    assert_problem(await api.get("/announcements?status=drafts", headers=ADMIN), 422)
+
+
+async def test_patch_with_if_match_stops_lost_updates(api) -> None:  # type: ignore[no-untyped-def]
+    created = await api.post("/announcements", json=POST, headers=ADMIN)
+    location, etag = created.headers["location"], created.headers["etag"]
+    first = await api.patch(location, json={"title": "Editor one"}, headers={**ADMIN, "If-Match": etag})
+    assert first.status_code == 200 and first.json()["title"] == "Editor one" and first.json()["body"] == POST["body"]
+    second = await api.patch(location, json={"title": "Editor two"}, headers={**ADMIN, "If-Match": etag})
+    assert_problem(second, 412)
+    assert (await api.get(location)).json()["title"] == "Editor one"
+    merge = await api.patch(location, content=b'{"pinned": true}',
+                            headers={**ADMIN, "content-type": "application/merge-patch+json"})  # fmt: skip
+    assert merge.status_code == 200 and merge.json()["pinned"] is True
+
+
+async def test_invalid_patch_changes_nothing(api) -> None:  # type: ignore[no-untyped-def]
+    created = (await api.post("/announcements", json=POST, headers=ADMIN)).json()
+    for body in ({"title": None}, {"expires_at": "2000-01-01T00:00:00Z"}, {"nope": 1}, {"tags": "talks"}):
+        assert_problem(await api.patch(f"/announcements/{created['id']}", json=body, headers=ADMIN), 422)
+    assert (await api.get(f"/announcements/{created['id']}")).json() == created
+
+
+async def test_delete_then_gone(api) -> None:  # type: ignore[no-untyped-def]
+    location = (await api.post("/announcements", json=POST, headers=ADMIN)).headers["location"]
+    stale = await api.delete(location, headers={**ADMIN, "If-Match": '"0-0"'})
+    assert_problem(stale, 412)
+    deleted = await api.delete(location, headers=ADMIN)
+    assert deleted.status_code == 204 and deleted.content == b""
+    assert_problem(await api.get(location), 404)
+    assert_problem(await api.delete(location, headers=ADMIN), 404)
+
+
+async def test_slow_store_read_does_not_delay_health(api) -> None:  # type: ignore[no-untyped-def]
+    store = api._transport.app.state.store  # type: ignore[attr-defined]
+    original = store.list
+
+    def slow_list(**kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(1.0)  # blocking, as a slow query would be: only harmless off the event loop
+        return original(**kwargs)
+
+    store.list = slow_list
+    started = time.perf_counter()
+    reads_done: list[float] = []
+    health_done: list[float] = []
+
+    async def read() -> None:
+        assert (await api.get("/announcements")).status_code == 200
+        reads_done.append(time.perf_counter() - started)
+
+    async def probe() -> None:
+        await anyio.sleep(0.1)  # the reads are under way
+        for _ in range(5):
+            assert (await api.get("/health")).status_code == 200
+            health_done.append(time.perf_counter() - started)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(8):
+            group.start_soon(read)
+        group.start_soon(probe)
+    # Every probe is answered while the slow reads are still running, not after them.
+    assert max(health_done) < 0.6 < min(reads_done), (health_done, reads_done)
+
+
+async def test_unreachable_database_is_503_while_other_endpoints_work(make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(ADMIN_TOKEN=TOKEN, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none?sslmode=disable&connect_timeout=1")
+    async with running(create_app(settings)) as client:
+        listed = await client.get("/announcements")
+        health = await client.get("/health")
+        ready = await client.get("/health/ready")
+    problem = assert_problem(listed, 503)
+    assert problem["title"] == "Database unavailable" and listed.headers["retry-after"] == "5"
+    assert health.status_code == 200
+    assert ready.status_code == 503 and ready.json()["checks"]["database"]["status"] == "failing"
