@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from service.health import Check
 from service.middleware import BodyLimitMiddleware, CorsMiddleware, RequestContextMiddleware, RequestTimeoutMiddleware
 from service.settings import Settings, load_settings, settings_or_exit
 
+logger = logging.getLogger("service.app")
 CORS_EXPOSED = ["ETag", "Location", "Link", "Retry-After", "X-Request-ID", "X-Cache", "Age"]
 
 
@@ -51,7 +53,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 return Check("ok" if ok else "failing", detail)
 
             app.state.readiness = {"database": database_readiness, "github": app.state.github.readiness}
+            logger.info("started: %s database, GitHub owner %s", store.kind, settings.github_owner or "(not configured)")
             yield
+        logger.info("stopped: GitHub client and database connections closed")
 
     middleware = [Middleware(RequestContextMiddleware, access_log=settings.access_log)]
     if settings.cors_origins:

@@ -25,15 +25,21 @@ async def read_json(request: Request, decoder: msgspec.json.Decoder[T]) -> T:
     body = await request.body()
     try:
         return decoder.decode(body)
-    except msgspec.ValidationError:
-        pass  # the wrong shape: collect every field error below
+    except msgspec.ValidationError as exc:
+        first_error = exc  # the wrong shape: collect every field error below
     except msgspec.DecodeError as exc:
         raise _malformed(exc) from None
+    except UnicodeDecodeError:
+        raise MalformedJson("The body is not valid UTF-8.") from None
     try:
         # Validation stops at the first error, so the rest of the body may still be malformed.
         value = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise _malformed(exc) from None
+    except UnicodeDecodeError:
+        raise MalformedJson("The body is not valid UTF-8.") from None
+    except RecursionError:  # nested too deeply to inspect field by field: report the first error
+        raise InvalidInput([FieldError(_subpath(first_error).lstrip(".") or "$", _message(first_error))]) from None
     raise InvalidInput(field_errors(value, decoder.type))
 
 

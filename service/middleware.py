@@ -30,6 +30,7 @@ class AccessLine(msgspec.Struct):
     duration_ms: float
     request_id: str
     client: str | None
+    pid: int
 
 
 class RequestContextMiddleware:
@@ -40,6 +41,7 @@ class RequestContextMiddleware:
         self.access_log = access_log
         self.stream = stream if stream is not None else sys.stdout
         self.encoder = msgspec.json.Encoder()
+        self.pid = os.getpid()  # tells the workers of one dyno apart
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,6 +79,7 @@ class RequestContextMiddleware:
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
             request_id=request_id,
             client=f"{client[0]}:{client[1]}" if client else None,
+            pid=self.pid,
         )
         self.stream.write(self.encoder.encode(line).decode() + "\n")
         self.stream.flush()
@@ -94,7 +97,8 @@ def _new_request_id() -> str:
 
 
 class RequestTimeoutMiddleware:
-    """Answers 504 if the app has not started its response within `timeout` seconds."""
+    """Answers a request not answered within `timeout` seconds: 408 if the client was still sending
+    its body (a slow or stalled upload), 504 if the service itself was too slow."""
 
     def __init__(self, app: ASGIApp, *, timeout: float) -> None:
         self.app = app
@@ -105,6 +109,14 @@ class RequestTimeoutMiddleware:
             await self.app(scope, receive, send)
             return
         started = False
+        receiving = False
+
+        async def receive_tracking() -> Message:
+            nonlocal receiving
+            receiving = True
+            message = await receive()
+            receiving = message.get("more_body", False)
+            return message
 
         async def send_tracking(message: Message) -> None:
             nonlocal started
@@ -112,15 +124,18 @@ class RequestTimeoutMiddleware:
             await send(message)
 
         with anyio.move_on_after(self.timeout) as cancel_scope:
-            await self.app(scope, receive, send_tracking)
+            await self.app(scope, receive_tracking, send_tracking)
         if cancel_scope.cancelled_caught and not started:
-            response = problem_response(
-                scope,
-                504,
-                title="Request timed out",
-                slug="request-timeout",
-                detail=f"The request was not answered within {self.timeout:g} s.",
-            )
+            if receiving:
+                response = problem_response(
+                    scope, 408, slug="request-body-timeout", headers={"Connection": "close"},
+                    detail=f"The request body did not arrive within {self.timeout:g} s.",
+                )  # fmt: skip
+            else:
+                response = problem_response(
+                    scope, 504, title="Request timed out", slug="request-timeout",
+                    detail=f"The request was not answered within {self.timeout:g} s.",
+                )  # fmt: skip
             await response(scope, receive, send)
 
 

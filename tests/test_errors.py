@@ -83,9 +83,15 @@ async def test_unexpected_exception_is_generic_500_with_request_id(make_settings
         (b"0\x01", "application/json", 400),
         (b"", "application/json", 400),
         (b'{"title": 5, ', "application/json", 400),  # wrong type first, then malformed
+        (b'{"title": "\xff\xfe"}', "application/json", 400),  # invalid UTF-8 inside a string
+        (b'{"count": 1, "title": "\xc3"}', "application/json", 400),
+        (b"[" * 60_000, "application/json", 422),  # nested far too deep
+        (b'{"title": "x", "tags": ' + b"[" * 60_000, "application/json", 422),
+        (b'{"title": 1e999999}', "application/json", 400),  # beyond what a JSON number can hold here
         (b'{"title": "ok"}', "text/plain", 415),
         (b'{"title": "ok"}', "", 415),
     ],
+    ids=lambda value: repr(value)[:40] if isinstance(value, bytes) else None,
 )
 async def test_bad_bodies_get_clear_problems(make_settings, body: bytes, content_type: str, status: int) -> None:  # type: ignore[no-untyped-def]
     headers = {"content-type": content_type} if content_type else {}

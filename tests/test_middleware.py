@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 import json
 
 import anyio
@@ -52,7 +53,7 @@ async def test_access_log_is_one_json_line_per_request() -> None:
     assert len(lines) == 1
     line = json.loads(lines[0])
     assert line["method"] == "GET" and line["path"] == "/made" and line["status"] == 201
-    assert line["request_id"] == "req-1" and line["client"] == "127.0.0.1:40000"
+    assert line["request_id"] == "req-1" and line["client"] == "127.0.0.1:40000" and line["pid"] == os.getpid()
     assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
 
 
@@ -111,6 +112,18 @@ async def test_slow_request_gets_504_problem(make_settings) -> None:  # type: ig
             response = await client.get("/_test/slow")
     problem = assert_problem(response, 504)
     assert "0.2 s" in problem["detail"]
+
+
+async def test_stalled_request_body_gets_408_problem(make_settings) -> None:  # type: ignore[no-untyped-def]
+    async def trickle():  # type: ignore[no-untyped-def]
+        yield b'{"title": '
+        await anyio.sleep(5)
+        yield b'"late"}'
+
+    async with running(app_with_test_routes(make_settings(REQUEST_TIMEOUT="0.3"))) as client:
+        with anyio.fail_after(3):
+            response = await client.post("/_test/notes", content=trickle(), headers={"content-type": "application/json"})
+    assert "did not arrive" in assert_problem(response, 408)["detail"]
 
 
 async def test_cors_allows_configured_origin_only(make_settings) -> None:  # type: ignore[no-untyped-def]
