@@ -18,6 +18,7 @@ Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 
 
 class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
+    host: Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Za-z.:-]{1,255}$")] = "0.0.0.0"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = True
@@ -49,6 +50,7 @@ SECRETS = ("GITHUB_TOKEN", "ADMIN_TOKEN")
 
 # What a good value looks like, for the one-line start-up error.
 EXPECTED = {
+    "HOST": "an address to listen on, such as 0.0.0.0 or 127.0.0.1",
     "PORT": "an integer from 1 to 65535",
     "LOG_LEVEL": "one of critical, error, warning, info, debug",
     "ACCESS_LOG": "true or false (or 1/0)",

@@ -21,6 +21,16 @@ from service.settings import Settings, load_settings
 from tests.github_standin import GitHubStandIn
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow tests (real load, minutes) run in CI, or locally with SLOW_TESTS=1."""
+    if os.environ.get("CI") == "true" or os.environ.get("SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: runs in CI, or with SLOW_TESTS=1")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

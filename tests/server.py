@@ -31,16 +31,22 @@ def procfile_command(process: str = "web") -> str:
 
 
 @contextlib.contextmanager
-def procfile_server(env: dict[str, str], *, cwd: Path, timeout: float = 30) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """The Procfile's web command under bash, as Heroku runs it, with this interpreter's uvicorn."""
+def procfile_server(
+    env: dict[str, str], *, cwd: Path, timeout: float = 30, log: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The Procfile's web command under bash, as Heroku runs it, with this interpreter.
+    Output (JSON log lines) goes to `log`, a file, so a busy server never blocks on a full pipe."""
+    log = log or cwd / "server.log"
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)
-    full_env = {**os.environ, "PORT": str(port), "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", **env}
-    command = procfile_command().replace("--host 0.0.0.0", "--host 127.0.0.1")  # tests stay on loopback
+    # HOST keeps test servers on loopback; PATH puts this interpreter first, as the venv would be on a dyno.
+    full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", **env}
+    command = procfile_command()
+    output = log.open("ab")
     process = subprocess.Popen(
         ["bash", "-c", f"cd {shlex.quote(str(cwd))} && exec {command}"],
         env=full_env,
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -49,7 +55,7 @@ def procfile_server(env: dict[str, str], *, cwd: Path, timeout: float = 30) -> I
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}: {process.stdout.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                raise RuntimeError(f"server exited with {process.returncode}: {log.read_text()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                     break
@@ -65,3 +71,4 @@ def procfile_server(env: dict[str, str], *, cwd: Path, timeout: float = 30) -> I
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        output.close()

@@ -20,7 +20,7 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 ADMIN_TOKEN = "contract-admin-token-0123456789"
 
 
-def contract_config(max_examples: int = 40) -> schemathesis.Config:
+def contract_config(max_examples: int = 40, admin_token: str = ADMIN_TOKEN) -> schemathesis.Config:
     return schemathesis.Config.from_dict(
         {
             "generation": {"deterministic": True, "max-examples": max_examples},
@@ -34,7 +34,7 @@ def contract_config(max_examples: int = 40) -> schemathesis.Config:
                 # 401/403 would otherwise count as accepting valid data, letting a broken auth set-up pass.
                 "positive_data_acceptance": {"expected-statuses": ["2xx", "304", "404"]},
             },
-            "auth": {"openapi": {"adminToken": {"bearer": ADMIN_TOKEN}}},
+            "auth": {"openapi": {"adminToken": {"bearer": admin_token}}},
             "operations": [
                 {
                     # "expires_at after published_at" (for PATCH: after the stored published_at) is beyond

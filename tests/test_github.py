@@ -359,3 +359,11 @@ async def test_readiness_makes_no_upstream_call(standin, github_client) -> None:
             ready = await client.get("/health/ready")
     assert ready.status_code == 200 and ready.json()["checks"]["github"]["status"] == "ok"
     assert standin.calls == []
+
+
+async def test_implausible_rate_limit_reset_is_capped_at_an_hour(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    standin.scenario = fail_repos(Reply(403, b"{}", {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "9999999999"}))
+    async with github_client(standin) as client:
+        response = await client.get("/github/repos")
+    assert_problem(response, 503)
+    assert response.headers["retry-after"] == "3600"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from service.__main__ import uvicorn_options
+from service.settings import load_settings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,13 +28,13 @@ def test_ci_runs_readmes_test_command() -> None:
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
-def test_procfile_web_process_runs_uvicorn_for_heroku() -> None:
-    web = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
-    for flag in ("service.app:app", "--host 0.0.0.0", "--port ${PORT", "--forwarded-allow-ips='*'", "--workers ${WEB_CONCURRENCY"):
-        assert flag in web
-    keep_alive = int(re.search(r"--timeout-keep-alive (\d+)", web)[1])  # type: ignore[index]
-    graceful = int(re.search(r"--timeout-graceful-shutdown (\d+)", web)[1])  # type: ignore[index]
-    assert keep_alive > 90 and graceful < 30
+def test_procfile_web_process_serves_with_heroku_timeouts() -> None:
+    assert "web: python -m service serve" in (ROOT / "Procfile").read_text().splitlines()
+    options = uvicorn_options(load_settings({"PORT": "5123", "WEB_CONCURRENCY": "3"}))
+    assert (options["host"], options["port"], options["workers"]) == ("0.0.0.0", 5123, 3)
+    assert options["proxy_headers"] is True and options["forwarded_allow_ips"] == "*"
+    assert options["timeout_keep_alive"] > 90  # Heroku's router idle timeout
+    assert options["timeout_graceful_shutdown"] < 30  # Heroku's SIGKILL after SIGTERM
 
 
 def test_procfile_release_process_migrates() -> None:

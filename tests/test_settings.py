@@ -24,6 +24,7 @@ def test_defaults_when_nothing_is_set() -> None:
     ("name", "value", "attribute", "expected"),
     [
         ("PORT", "5000", "port", 5000),
+        ("HOST", "127.0.0.1", "host", "127.0.0.1"),
         ("LOG_LEVEL", "DEBUG", "log_level", "debug"),
         ("ACCESS_LOG", "false", "access_log", False),
         ("ACCESS_LOG", "0", "access_log", False),
@@ -50,6 +51,7 @@ def test_good_value_is_used(name: str, value: str, attribute: str, expected: obj
     ("name", "value"),
     [
         ("PORT", "-1"),
+        ("HOST", "0.0.0.0; rm -rf /"),
         ("PORT", "http"),
         ("PORT", "70000"),
         ("LOG_LEVEL", "loud"),

@@ -22,6 +22,7 @@ logger = logging.getLogger("service.github")
 T = TypeVar("T")
 
 PER_PAGE = 100
+MAX_RATE_LIMIT_WAIT = 3600  # GitHub's rate-limit window; a reset further off is not believed
 MAX_PAGES = 50  # 5,000 repositories; a Link chain longer than that is not followed
 
 
@@ -270,7 +271,12 @@ class GitHubClient:
         raise UpstreamBroken(f"GitHub answered HTTP {status}.")
 
     def _rate_limit_wait(self, response: httpx.Response) -> int | None:
-        """Seconds until GitHub will serve us again, or None if this 403/429 is not a rate limit."""
+        """Seconds until GitHub will serve us again (at most an hour, GitHub's window), or None if
+        this 403/429 is not a rate limit."""
+        wait = self._raw_rate_limit_wait(response)
+        return None if wait is None else min(wait, MAX_RATE_LIMIT_WAIT)
+
+    def _raw_rate_limit_wait(self, response: httpx.Response) -> int | None:
         retry_after = response.headers.get("retry-after")
         if retry_after is not None and retry_after.strip().isdigit():
             return max(1, int(retry_after))

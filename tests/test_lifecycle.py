@@ -1,0 +1,161 @@
+"""The real server process, started as the Procfile starts it: SIGTERM, kill -9, several workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import reset_postgres
+from tests.github_standin import GitHubStandIn
+from tests.server import procfile_server
+
+TOKEN = "lifecycle-admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def migrate(database_url: str, cwd: Path) -> None:
+    """What Heroku's release phase does before the web processes start."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+    subprocess.run([sys.executable, "-m", "service", "migrate"], cwd=cwd, env=env, check=True, capture_output=True, timeout=60)
+
+
+def log_lines(path: Path) -> list[dict]:
+    lines = []
+    for raw in path.read_text().splitlines():
+        if raw.startswith("{"):
+            lines.append(json.loads(raw))
+    return lines
+
+
+def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(tmp_path: Path) -> None:
+    with GitHubStandIn(count=30) as github:
+        github.delay = 1.0  # profile then repositories: each in-flight request waits about 2 s
+        env = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "GITHUB_OWNER": github.owner,
+               "GITHUB_API_URL": github.url, "GITHUB_TIMEOUT": "10", "ACCESS_LOG": "true"}  # fmt: skip
+        log = tmp_path / "server.log"
+        with procfile_server(env, cwd=tmp_path, log=log) as (url, process):
+            results: list[int | str] = []
+
+            def one() -> None:
+                try:
+                    with httpx.Client(timeout=30) as client:  # a connection of its own
+                        results.append(client.get(f"{url}/github/repos").status_code)
+                except httpx.HTTPError as exc:
+                    results.append(type(exc).__name__)
+
+            clients = [threading.Thread(target=one) for _ in range(50)]
+            for thread in clients:
+                thread.start()
+            deadline = time.monotonic() + 5
+            while not github.calls and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)  # all 50 are now waiting on the shared upstream call
+            assert results == [], "requests must still be in flight when SIGTERM arrives"
+            terminated_at = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"{url}/health", timeout=2)
+            exit_code = process.wait(timeout=25)
+            stopped_after = time.monotonic() - terminated_at
+            for thread in clients:
+                thread.join(timeout=10)
+    assert results == [200] * 50
+    assert exit_code == 0 and stopped_after < 20  # the Procfile's --timeout-graceful-shutdown
+    messages = [line.get("msg", "") for line in log_lines(log)]
+    assert "stopped: GitHub client and database connections closed" in messages
+    assert sum(1 for line in log_lines(log) if line.get("path") == "/github/repos" and line.get("status") == 200) == 50
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_kill_9_mid_stream_loses_no_acknowledged_announcement(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if backend == "sqlite":
+        database_url = f"sqlite:///{tmp_path}/crash.db"
+    else:
+        database_url = reset_postgres(request.getfixturevalue("postgres_server"))
+        migrate(database_url, tmp_path)
+    env = {"DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN, "ACCESS_LOG": "false"}
+    acknowledged: dict[int, dict] = {}
+    with procfile_server(env, cwd=tmp_path) as (url, process):
+        stop = threading.Event()
+
+        def writer() -> None:
+            with httpx.Client(base_url=url, headers=ADMIN, timeout=5) as client:
+                n = 0
+                while not stop.is_set():
+                    body = {"title": f"crash test {n}", "body": "x" * (n % 50 + 1), "tags": [f"t{n % 3}"]}
+                    try:
+                        response = client.post("/announcements", json=body)
+                    except httpx.HTTPError:
+                        return  # the server is gone: this write's fate is unknown, so it is not counted
+                    if response.status_code == 201:
+                        acknowledged[response.json()["id"]] = response.json()
+                    n += 1
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        time.sleep(1.5)
+        os.killpg(process.pid, signal.SIGKILL)
+        thread.join(timeout=10)
+        stop.set()
+    assert len(acknowledged) > 20, "the writer should have been mid-stream"
+    with procfile_server(env, cwd=tmp_path) as (url, _):
+        with httpx.Client(base_url=url, headers=ADMIN, timeout=10) as client:
+            for id, expected in acknowledged.items():
+                response = client.get(f"/announcements/{id}")
+                assert response.status_code == 200 and response.json() == expected
+    if backend == "sqlite":
+        with sqlite3.connect(tmp_path / "crash.db") as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    else:
+        import psycopg
+
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+            for index in ("announcements_pkey", "announcements_listing"):
+                conn.execute("SELECT bt_index_check(%s::regclass, true)", (index,))  # raises on corruption
+
+
+@pytest.mark.postgres
+def test_two_workers_share_one_postgres_database(postgres_server: str, tmp_path: Path) -> None:
+    database_url = reset_postgres(postgres_server)
+    migrate(database_url, tmp_path)
+    env = {"DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN, "WEB_CONCURRENCY": "2", "ACCESS_LOG": "true"}
+    log = tmp_path / "server.log"
+    with procfile_server(env, cwd=tmp_path, log=log) as (url, _):
+        created = httpx.post(f"{url}/announcements", json={"title": "Seen by both", "body": "b"}, headers=ADMIN, timeout=10)
+        assert created.status_code == 201
+        location, etag = created.headers["location"], created.headers["etag"]
+        reads = [httpx.get(f"{url}{location}", timeout=10) for _ in range(40)]  # a new connection each
+        assert all(r.status_code == 200 and r.json() == created.json() for r in reads)
+
+        outcomes: list[int] = []
+        start = threading.Barrier(10)
+
+        def editor(n: int) -> None:
+            start.wait()
+            response = httpx.patch(f"{url}{location}", json={"title": f"editor {n}"}, headers={**ADMIN, "If-Match": etag}, timeout=10)
+            outcomes.append(response.status_code)
+
+        editors = [threading.Thread(target=editor, args=(n,)) for n in range(10)]
+        for thread in editors:
+            thread.start()
+        for thread in editors:
+            thread.join(timeout=30)
+        final = httpx.get(f"{url}{location}", timeout=10).json()
+    assert sorted(outcomes) == [200] + [412] * 9
+    assert final["title"].startswith("editor ")
+    read_pids = {line["pid"] for line in log_lines(log) if line.get("path") == location and line.get("method") == "GET"}
+    write_pids = {line["pid"] for line in log_lines(log) if line.get("method") in ("POST", "PATCH")}
+    assert len(read_pids) == 2, "reads were served by both workers"
+    assert len(read_pids | write_pids) == 2
