@@ -20,7 +20,7 @@ from service.github import routes as github_routes
 from service.github.cache import UpstreamCache
 from service.github.client import GitHubClient, build_http_client
 from service.health import Check
-from service.middleware import BodyLimitMiddleware, CorsMiddleware, RequestContextMiddleware, RequestTimeoutMiddleware
+from service.middleware import CorsMiddleware, RequestContextMiddleware, RequestLimitsMiddleware
 from service.settings import Settings, load_settings, settings_or_exit
 
 logger = logging.getLogger("service.app")
@@ -69,10 +69,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 max_age=600,
             )
         )
-    middleware += [
-        Middleware(RequestTimeoutMiddleware, timeout=settings.request_timeout),
-        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
-    ]
+    middleware.append(Middleware(RequestLimitsMiddleware, timeout=settings.request_timeout, max_body_bytes=settings.max_body_bytes))
     app = Starlette(
         routes=[*health.routes, *github_routes.routes, *announcement_routes.routes, *docs.build_routes()],
         middleware=middleware,

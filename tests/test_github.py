@@ -367,3 +367,19 @@ async def test_implausible_rate_limit_reset_is_capped_at_an_hour(standin, github
         response = await client.get("/github/repos")
     assert_problem(response, 503)
     assert response.headers["retry-after"] == "3600"
+
+
+async def test_owner_deleted_after_caching_is_502_not_500(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin, GITHUB_CACHE_TTL="0", GITHUB_STALE_TTL="0") as client:
+        assert (await client.get("/github/repos")).status_code == 200
+        standin.scenario = lambda path, headers: Reply(404, b'{"message": "Not Found"}')
+        response = await client.get("/github/repos")
+    assert "octo-dev" in assert_problem(response, 502)["detail"]
+
+
+async def test_list_refresh_does_not_revalidate_the_owner_profile(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin, GITHUB_CACHE_TTL="0") as client:
+        for _ in range(3):
+            assert (await client.get("/github/repos")).status_code == 200
+    assert len([c for c in standin.calls if c.path == "/users/octo-dev"]) == 1
+    assert len(standin.calls_to("/users/octo-dev/repos")) == 3

@@ -91,7 +91,8 @@ def build_http_client(*, api_url: str, token: str | None, timeout: float) -> htt
         base_url=api_url.rstrip("/"),
         headers=headers,
         timeout=httpx.Timeout(timeout),
-        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=60),
+        # Enough to overlap every waiting request when answers are slow; idle ones are dropped after a minute.
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=60),
         follow_redirects=True,  # a renamed repository answers 301 to its new location
         max_redirects=3,
     )
@@ -172,7 +173,9 @@ class GitHubClient:
         return result
 
     async def _fetch_repositories(self, entry: Entry | None) -> Fetched | NotModified:
-        owner_entry = (await self.profile()).entry
+        # Only the owner's type is needed here (user or organisation), and it does not change: a cached
+        # profile of any age will do, so a refresh of the list costs one upstream round trip, not two.
+        owner_entry = self.cache.peek("owner") or (await self.profile()).entry
         owner: Owner = owner_entry.value
         if owner.type == "Organization":
             first = f"/orgs/{owner.login}/repos?type=public&per_page={PER_PAGE}"
@@ -200,7 +203,11 @@ class GitHubClient:
                 changed = True
                 url = next_url
 
-        await self._within_deadline(walk)
+        try:
+            await self._within_deadline(walk)
+        except _UpstreamMissing:
+            self._config_problem = f"GitHub owner {owner.login!r} does not exist"
+            raise OwnerNotFound(owner.login) from None
         if not changed and entry is not None and pages.keys() == known.keys():
             return NOT_MODIFIED
         repositories = [repo for _, items, _ in pages.values() for repo in items]

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from service.errors import NotFound
 from service.github.cache import Lookup
@@ -20,41 +20,77 @@ _encoder = msgspec.json.Encoder()
 _WHOLE = "whole"  # the view key of an entry encoded as it is
 
 
-async def list_repositories(request: Request) -> Response:
-    query = convert_query(request.query_params, RepositoryQuery)
-    lookup = await _github(request).repositories()
-    return _cached_response(request, lookup, query, lambda: _encoder.encode(select(lookup.entry.value, query)))
+_QUERY_CACHE_SIZE = 256
+_queries: dict[bytes, RepositoryQuery] = {}
 
 
-async def get_repository(request: Request) -> Response:
+async def list_repositories(request: Request) -> CachedBodyResponse:
+    query = _parsed_query(request)
+    github = _github(request)
+    lookup = await github.repositories()
+    return _cached_response(request, github, lookup, query, lambda: _encoder.encode(select(lookup.entry.value, query)))
+
+
+def _parsed_query(request: Request) -> RepositoryQuery:
+    """The query, parsed once per distinct query string: a cache hit should cost next to nothing."""
+    raw = request.scope["query_string"]
+    query = _queries.get(raw)
+    if query is None:
+        query = convert_query(request.query_params, RepositoryQuery)  # raises on invalid input: not cached
+        if len(_queries) >= _QUERY_CACHE_SIZE:
+            _queries.clear()
+        _queries[raw] = query
+    return query
+
+
+async def get_repository(request: Request) -> CachedBodyResponse:
     name = request.path_params["name"]
     if not is_valid_repository_name(name):
         raise NotFound("Not a valid repository name.")
-    lookup = await _github(request).repository(name)
-    return _cached_response(request, lookup, _WHOLE, lambda: _encoder.encode(lookup.entry.value))
+    github = _github(request)
+    lookup = await github.repository(name)
+    return _cached_response(request, github, lookup, _WHOLE, lambda: _encoder.encode(lookup.entry.value))
 
 
-async def get_owner(request: Request) -> Response:
-    lookup = await _github(request).profile()
-    return _cached_response(request, lookup, _WHOLE, lambda: _encoder.encode(lookup.entry.value))
+async def get_owner(request: Request) -> CachedBodyResponse:
+    github = _github(request)
+    lookup = await github.profile()
+    return _cached_response(request, github, lookup, _WHOLE, lambda: _encoder.encode(lookup.entry.value))
 
 
 def _github(request: Request) -> GitHubClient:
     return request.app.state.github
 
 
-def _cached_response(request: Request, lookup: Lookup, view_key: object, render: Callable[[], bytes]) -> Response:
-    github = _github(request)
+class CachedBodyResponse:
+    """Cached bytes with their headers, sent as they are (no per-request header building)."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else self.body})
+
+
+def _cached_response(
+    request: Request, github: GitHubClient, lookup: Lookup, view_key: object, render: Callable[[], bytes]
+) -> CachedBodyResponse:
     view = lookup.entry.view(view_key, render)
-    headers = {
-        "ETag": view.etag,
-        "Cache-Control": _cache_control(github.cache.ttl, github.cache.stale_ttl),
-        "X-Cache": lookup.state,
-        "Age": str(int(github.cache.age(lookup.entry))),
-    }
+    headers = [
+        (b"etag", view.etag.encode()),
+        (b"cache-control", _cache_control(github.cache.ttl, github.cache.stale_ttl)),
+        (b"x-cache", lookup.state.encode()),
+        (b"age", str(int(github.cache.age(lookup.entry))).encode()),
+    ]
     if _matches(request.headers.get("if-none-match"), view.etag):
-        return Response(status_code=304, headers=headers)
-    return Response(view.body, headers=headers, media_type="application/json")
+        return CachedBodyResponse(304, b"", headers)
+    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(view.body)).encode())]
+    return CachedBodyResponse(200, view.body, headers)
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:
@@ -65,9 +101,9 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 
 @functools.cache
-def _cache_control(ttl: float, stale_ttl: float) -> str:
+def _cache_control(ttl: float, stale_ttl: float) -> bytes:
     """Browsers and CDNs may keep an answer a minute, and use it while we refresh or while GitHub fails."""
-    return f"public, max-age={min(60, int(ttl))}, stale-while-revalidate={int(ttl)}, stale-if-error={int(stale_ttl)}"
+    return f"public, max-age={min(60, int(ttl))}, stale-while-revalidate={int(ttl)}, stale-if-error={int(stale_ttl)}".encode()
 
 
 routes = [

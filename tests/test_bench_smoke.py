@@ -1,0 +1,31 @@
+"""The benchmark harness, run for a few seconds per scenario so it cannot rot. No timing is asserted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_bench_smoke_run_writes_the_report_and_charts(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but wrk is not installed (.ci/run installs it)")
+        pytest.skip("wrk is not installed")
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    for scenario in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."):
+        assert scenario in report
+    assert "| Scenario | Measure | Measured | Goal | Met |" in report
+    for chart in ("throughput.png", "latency.png"):
+        assert (tmp_path / chart).read_bytes().startswith(b"\x89PNG")
+    assert "goal >=" in done.stdout and "report:" in done.stdout
