@@ -1,0 +1,203 @@
+"""Run servers on one core and wrk on the other, alternate the contenders over rounds, keep medians.
+
+Everything listens on 127.0.0.1 only, and every run is bounded in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_CPU = "0"
+LOAD_CPU = "1"
+BIN = Path(sys.executable).parent
+# The same server flags for every ASGI app: one worker, uvicorn's defaults (uvloop, httptools), no uvicorn access log.
+UVICORN_FLAGS = ["--host", "127.0.0.1", "--workers", "1", "--no-access-log", "--log-level", "warning"]
+
+
+@dataclass
+class Measurement:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    errors: int
+
+
+@dataclass
+class Series:
+    """One contender's measurements in one scenario, a round at a time."""
+
+    label: str
+    runs: list[Measurement] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        return statistics.median(m.rps for m in self.runs)
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(m.p50_ms for m in self.runs)
+
+    @property
+    def p99_ms(self) -> float:
+        return statistics.median(m.p99_ms for m in self.runs)
+
+    @property
+    def non_2xx(self) -> int:
+        return sum(m.non_2xx for m in self.runs)
+
+    @property
+    def errors(self) -> int:
+        return sum(m.errors for m in self.runs)
+
+
+def require_tools() -> None:
+    missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
+    if missing:
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            print(f"installing {' '.join(missing)} from Debian's packages", file=sys.stderr)
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "wrk", "util-linux"], check=True, env=env)
+        else:
+            raise SystemExit(f"missing tools: {', '.join(missing)} (apt-get install wrk util-linux)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def rss_kib(self) -> int:
+        text = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", text)[1])  # type: ignore[index]
+
+
+@contextlib.contextmanager
+def server(name: str, argv: list[str], env: dict[str, str], *, cpu: str = SERVER_CPU, ready_path: str = "/health") -> Iterator[Server]:
+    port = free_port()
+    argv = [a.replace("{port}", str(port)) for a in argv]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **env}
+    log = open(os.devnull, "wb")  # access lines are written, as in production, and thrown away here
+    process = subprocess.Popen(["taskset", "-c", cpu, *argv], env=full_env, stdout=log, stderr=subprocess.PIPE, cwd=env.get("BENCH_CWD", ROOT))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(url + ready_path, timeout=2)
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not start")
+            time.sleep(0.1)
+        yield Server(name, url, process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=25)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def uvicorn(app: str) -> list[str]:
+    return [str(BIN / "uvicorn"), app, "--port", "{port}", *UVICORN_FLAGS]
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:  # wrk prints e.g. "-nanus" when nothing completed
+        return float("nan")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def wrk(url: str, *, connections: int, seconds: float, script: Path | None = None, cpu: str = LOAD_CPU) -> Measurement:
+    argv = ["taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s"]
+    if script:
+        argv += ["-s", str(script)]
+    done = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 60)
+    out = done.stdout
+    if done.returncode != 0 or "Requests/sec" not in out:
+        raise RuntimeError(f"wrk failed: {out}{done.stderr}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    # Anchored: "95.50%" in the thread-stats line must not pass for the 50th percentile.
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE)[1])  # type: ignore[index]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE)[1])  # type: ignore[index]
+    requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    non_2xx = int(m[1]) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return Measurement(rps, p50, p99, requests, non_2xx, errors)
+
+
+def compare(targets: dict[str, str], *, rounds: int, seconds: float, warmup: float, connections: int,
+            script: Path | None = None) -> dict[str, Series]:  # fmt: skip
+    """Alternate the targets round by round (order reversed every other round), after a warm-up each."""
+    series = {label: Series(label) for label in targets}
+    labels = list(targets)
+    for round_ in range(rounds):
+        for label in labels if round_ % 2 == 0 else reversed(labels):
+            if warmup:
+                wrk(targets[label], connections=connections, seconds=warmup, script=script)
+            series[label].runs.append(wrk(targets[label], connections=connections, seconds=seconds, script=script))
+    return series
+
+
+def lua_script(body: str) -> Path:
+    handle = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    handle.write(body)
+    handle.close()
+    return Path(handle.name)
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = "unknown"
+    with contextlib.suppress(OSError, TypeError):
+        kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())[1])  # type: ignore[index]
+        mem = f"{kib // 1024 // 1024} GiB"
+    from importlib.metadata import version
+
+    packages = ", ".join(f"{p} {version(p)}" for p in ("starlette", "uvicorn", "msgspec", "httpx", "fastapi", "pydantic", "flask", "gunicorn"))
+    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()[0:1]
+    return {
+        "CPU": f"{cpu}, {os.cpu_count()} cores (servers pinned to core {SERVER_CPU}, load and upstream to core {LOAD_CPU})",
+        "Memory": mem,
+        "Python": sys.version.split()[0],
+        "Packages": packages,
+        "Load generator": (wrk_version or ["wrk"])[0].split(" Copyright")[0],
+    }

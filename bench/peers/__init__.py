@@ -1,0 +1,1 @@
+"""The same endpoints written the way earlier versions of this service were."""
