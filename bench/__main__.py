@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench" + (" --smoke" if args.smoke else "")
     path = report.write(outcomes, machine, command=command, out=args.out)
     for outcome in outcomes:
+        if not outcome.goals and outcome.table:  # informational (no goal): print its rows
+            for row in outcome.table[1:]:
+                print(f"{outcome.title.split('.')[0]:>2}. {row[0]}: {' '.join(row[1:])}")
         for goal in outcome.goals:
             mark = "met" if goal.met else "MISSED"
             sign = ">=" if goal.higher_is_better else "<="
