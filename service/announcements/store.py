@@ -31,6 +31,7 @@ from service.announcements.models import (
 from service.errors import NotFound, PreconditionFailed, ServiceUnavailable
 
 POOL_TIMEOUT = 5.0  # seconds to wait for a PostgreSQL connection before answering 503
+READINESS_TIMEOUT = 1.0  # a readiness probe is polled every few seconds: it must not hang for long
 STATEMENT_TIMEOUT_MS = 5000
 SQLITE_BUSY_TIMEOUT_MS = 5000
 MAX_ID = 2**63 - 1
@@ -129,7 +130,7 @@ class SqlStore:
 
     # -- connections, provided by subclasses ----------------------------------------------------
 
-    def _connection(self, *, write: bool) -> contextlib.AbstractContextManager[Any]:
+    def _connection(self, *, write: bool, timeout: float = POOL_TIMEOUT) -> contextlib.AbstractContextManager[Any]:
         """A connection inside one transaction: committed on success, rolled back on any error."""
         raise NotImplementedError
 
@@ -137,9 +138,9 @@ class SqlStore:
         return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
 
     @contextlib.contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[Any]:
+    def _transaction(self, *, write: bool, timeout: float = POOL_TIMEOUT) -> Iterator[Any]:
         try:
-            with self._connection(write=write) as conn:
+            with self._connection(write=write, timeout=timeout) as conn:
                 yield conn
         except self.unavailable_errors as exc:
             if self._is_missing_schema(exc):
@@ -181,7 +182,7 @@ class SqlStore:
 
     def readiness(self) -> tuple[bool, str]:
         try:
-            with self._transaction(write=False) as conn:
+            with self._transaction(write=False, timeout=READINESS_TIMEOUT) as conn:
                 version = self._execute(conn, "SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0
         except StoreUnavailable as exc:
             return False, str(exc.detail)
@@ -334,7 +335,7 @@ class SQLiteStore(SqlStore):
         return conn
 
     @contextlib.contextmanager
-    def _connection(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+    def _connection(self, *, write: bool, timeout: float = POOL_TIMEOUT) -> Iterator[sqlite3.Connection]:
         conn = self._thread_connection()
         # IMMEDIATE takes the write lock up front, so read-then-write cannot be overtaken by another writer.
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -386,8 +387,8 @@ class PostgresStore(SqlStore):
         self._pool.close()
 
     @contextlib.contextmanager
-    def _connection(self, *, write: bool) -> Iterator[Any]:
-        with self._pool.connection() as conn:  # commits on success, rolls back on error
+    def _connection(self, *, write: bool, timeout: float = POOL_TIMEOUT) -> Iterator[Any]:
+        with self._pool.connection(timeout=timeout) as conn:  # commits on success, rolls back on error
             yield conn
 
     def _is_missing_schema(self, exc: BaseException) -> bool:
