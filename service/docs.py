@@ -72,13 +72,18 @@ def load_spec() -> tuple[bytes, dict[str, Any]]:
 
 
 @functools.cache
-def _asset(name: str) -> tuple[bytes, str]:
-    body = _INIT_JS if name == "init.js" else (_SWAGGER_STATIC / name).read_bytes()
-    return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+def _load_assets() -> dict[str, tuple[bytes, str]]:
+    """Every asset with its ETag, read once before serving: no file I/O on the event loop."""
+    assets = {}
+    for name in _ASSETS:
+        body = _INIT_JS if name == "init.js" else (_SWAGGER_STATIC / name).read_bytes()
+        assets[name] = (body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+    return assets
 
 
 def build_routes() -> list[Route]:
     raw_yaml, spec = load_spec()
+    assets = _load_assets()
     json_body = msgspec.json.encode(spec)
     page = _PAGE.format(title=spec["info"]["title"])
 
@@ -93,9 +98,9 @@ def build_routes() -> list[Route]:
 
     async def docs_asset(request: Request) -> Response:
         name = request.path_params["asset"]
-        if name not in _ASSETS:
+        if name not in assets:
             raise NotFound(f"No documentation asset named {name!r}.")
-        body, etag = _asset(name)
+        body, etag = assets[name]
         headers = {"ETag": etag, "Cache-Control": "public, max-age=86400"}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)

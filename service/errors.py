@@ -100,11 +100,6 @@ class InvalidInput(ApiError):
         super().__init__(f"Invalid value for: {fields}", errors=errors, title="Invalid input")
 
 
-class BadGateway(ApiError):
-    status = 502
-    slug = "upstream-failed"
-
-
 class ServiceUnavailable(ApiError):
     status = 503
     slug = "unavailable"
@@ -112,11 +107,6 @@ class ServiceUnavailable(ApiError):
     def __init__(self, detail: str, *, retry_after: int | None = None, title: str | None = None) -> None:
         headers = {"Retry-After": str(max(1, retry_after))} if retry_after is not None else None
         super().__init__(detail, headers=headers, title=title)
-
-
-class GatewayTimeout(ApiError):
-    status = 504
-    slug = "upstream-timeout"
 
 
 def request_id_of(scope: Scope) -> str | None:
@@ -157,7 +147,6 @@ async def handle_api_error(request: Request, exc: Exception) -> Response:
 _HTTP_DETAILS = {
     404: "No resource at this path.",
     405: "This method is not allowed here; see the Allow header.",
-    413: "The request body is larger than this service accepts.",
 }
 
 

@@ -126,6 +126,7 @@ class SqlStore:
     kind = "sql"
     dialect = ""
     placeholder = "?"
+    _for_update = ""  # row lock for read-then-write; SQLite's BEGIN IMMEDIATE already serialises writers
     unavailable_errors: tuple[type[BaseException], ...] = ()
 
     # -- connections, provided by subclasses ----------------------------------------------------
@@ -262,8 +263,6 @@ class SqlStore:
         if if_match is not None and not _etag_matches(if_match, current.etag):
             raise PreconditionFailed(f"If-Match does not match the current version {current.etag}; fetch it again.")
         return current
-
-    _for_update = ""
 
     @staticmethod
     def _values(a: Announcement) -> tuple[Any, ...]:
