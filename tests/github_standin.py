@@ -44,6 +44,7 @@ class GitHubStandIn:
         self.calls: list[Call] = []
         self.scenario: Scenario | None = None  # returns a Reply to override normal behaviour, or None
         self.delay = 0.0
+        self.hold: threading.Event | None = None  # when set to an Event, every answer waits for it (at most 30 s)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -127,6 +128,8 @@ class GitHubStandIn:
                 with standin._lock:
                     standin.calls.append(Call(self.path, headers))
                 reply = (standin.scenario and standin.scenario(self.path, headers)) or standin.answer(self.path, headers)
+                if standin.hold is not None:
+                    standin.hold.wait(timeout=30)
                 if reply.delay or standin.delay:
                     time.sleep(reply.delay or standin.delay)  # the stand-in's own thread, not the service's loop
                 if reply.reset_connection:

@@ -37,35 +37,59 @@ def log_lines(path: Path) -> list[dict]:
     return lines
 
 
+def server_side_connections(port: int) -> tuple[int, int]:
+    """(established, holding unread bytes) among the kernel's IPv4 sockets whose local port is `port`.
+    A connection whose request the server has read, or that it has not even accepted yet, tells apart."""
+    established = unread = 0
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+            established += 1
+            unread += int(fields[4].split(":")[1], 16) > 0  # rx_queue
+    return established, unread
+
+
 def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(tmp_path: Path) -> None:
     with GitHubStandIn(count=30) as github:
-        github.delay = 1.0  # profile then repositories: each in-flight request waits about 2 s
+        github.hold = threading.Event()  # upstream answers wait until after SIGTERM: the requests are surely in flight
         env = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "GITHUB_OWNER": github.owner,
-               "GITHUB_API_URL": github.url, "GITHUB_TIMEOUT": "10", "ACCESS_LOG": "true"}  # fmt: skip
+               "GITHUB_API_URL": github.url, "GITHUB_TIMEOUT": "20", "ACCESS_LOG": "true"}  # fmt: skip
         log = tmp_path / "server.log"
         with procfile_server(env, cwd=tmp_path, log=log) as (url, process):
+            port = int(url.rsplit(":", 1)[1])
             results: list[int | str] = []
+            sent = threading.Semaphore(0)
+
+            def trace(event: str, info: dict) -> None:
+                if event == "http11.send_request_body.complete":
+                    sent.release()
 
             def one() -> None:
                 try:
                     with httpx.Client(timeout=30) as client:  # a connection of its own
-                        results.append(client.get(f"{url}/github/repos").status_code)
+                        response = client.get(f"{url}/github/repos", extensions={"trace": trace})
+                        results.append(response.status_code)
                 except httpx.HTTPError as exc:
                     results.append(type(exc).__name__)
 
             clients = [threading.Thread(target=one) for _ in range(50)]
             for thread in clients:
                 thread.start()
-            deadline = time.monotonic() + 5
-            while not github.calls and time.monotonic() < deadline:
+            for _ in clients:  # every request is on the wire …
+                assert sent.acquire(timeout=20), "a client could not send its request"
+            deadline = time.monotonic() + 10
+            while server_side_connections(port) != (50, 0):  # … and accepted and read by the server
+                assert time.monotonic() < deadline, f"server-side sockets: {server_side_connections(port)}"
                 time.sleep(0.01)
-            time.sleep(0.3)  # all 50 are now waiting on the shared upstream call
-            assert results == [], "requests must still be in flight when SIGTERM arrives"
+            assert github.calls and results == [], "requests must still be in flight when SIGTERM arrives"
             terminated_at = time.monotonic()
             process.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             with pytest.raises(httpx.ConnectError):
                 httpx.get(f"{url}/health", timeout=2)
+            time.sleep(max(0.0, terminated_at + 1.5 - time.monotonic()))
+            github.hold.set()  # upstream answers only now, 1.5 s into the shutdown
             exit_code = process.wait(timeout=25)
             stopped_after = time.monotonic() - terminated_at
             for thread in clients:
