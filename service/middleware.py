@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import itertools
 import os
 import re
 import sys
 import time
+import weakref
 from typing import IO
 
 import msgspec
@@ -37,21 +40,30 @@ class AccessLine(msgspec.Struct):
 class RequestContextMiddleware:
     """Gives each request an id, echoes it, adds nosniff, and writes one JSON access line."""
 
+    FLUSH_EVERY = 0.05  # seconds a line may wait in the buffer
+    FLUSH_AT = 64 * 1024  # bytes that are written at once, however recent
+
     def __init__(self, app: ASGIApp, *, access_log: bool = True, stream: IO[bytes] | None = None) -> None:
         self.app = app
         self.access_log = access_log
+        # With PYTHONUNBUFFERED (Heroku's default) sys.stdout.buffer is the raw file: every write is a
+        # system call. Lines are therefore gathered here and written together, at most 50 ms apart.
         self.stream = stream if stream is not None else sys.stdout.buffer
         self.encoder = msgspec.json.Encoder()
         self.pid = os.getpid()  # tells the workers of one dyno apart
-        self._flush_pending = False
+        self._pending = bytearray()
+        _unflushed.add(self)
+        # Ids need only be unique, not secret: a random prefix per process and a counter.
+        self._id_prefix = os.urandom(8).hex()
+        self._id_counter = itertools.count()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope) or _new_request_id()
+        request_id = _incoming_request_id(scope) or f"{self._id_prefix}{next(self._id_counter) & 0xFFFFFFFF:08x}"
         scope.setdefault("state", {})["request_id"] = request_id
-        added = [(b"x-request-id", request_id.encode()), _NOSNIFF]
+        added = ((b"x-request-id", request_id.encode()), _NOSNIFF)
         started = time.perf_counter()
         status = 500  # what the client gets if the app raises before answering
 
@@ -72,27 +84,49 @@ class RequestContextMiddleware:
     def _log(self, scope: Scope, status: int, started: float, request_id: str) -> None:
         client = scope.get("client")
         line = AccessLine(
-            ts=round(time.time(), 3),
-            level="info",
-            msg="request",
-            method=scope["method"],
-            path=scope["path"],
-            status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            request_id=request_id,
-            client=f"{client[0]}:{client[1]}" if client else None,
-            pid=self.pid,
+            round(time.time(), 3),
+            "info",
+            "request",
+            scope["method"],
+            scope["path"],
+            status,
+            round((time.perf_counter() - started) * 1000, 3),
+            request_id,
+            f"{client[0]}:{client[1]}" if client else None,
+            self.pid,
         )
-        self.stream.write(self.encoder.encode(line) + b"\n")
-        if not self._flush_pending:
-            # One flush (one write to the pipe) per 50 ms however busy, not one per request.
-            self._flush_pending = True
-            asyncio.get_running_loop().call_later(0.05, self._flush)
+        pending = self._pending
+        was_empty = not pending
+        self.encoder.encode_into(line, pending, -1)
+        pending += b"\n"
+        if len(pending) >= self.FLUSH_AT:
+            self.flush()
+        elif was_empty:
+            asyncio.get_running_loop().call_later(self.FLUSH_EVERY, self.flush)
 
-    def _flush(self) -> None:
-        self._flush_pending = False
+    def flush(self) -> None:
+        """Write the gathered lines in one go (also at exit, so a graceful stop loses none)."""
+        if not self._pending:
+            return
+        data = memoryview(bytes(self._pending))
+        self._pending.clear()
         with contextlib.suppress(OSError, ValueError):  # stdout closed or gone: nothing to do about it here
+            while data:
+                written = self.stream.write(data)
+                if written is None:  # a non-blocking stream that is full: drop rather than block the loop
+                    break
+                data = data[written:]
             self.stream.flush()
+
+
+# Middleware instances with lines that may still be waiting; flushed when the process exits.
+_unflushed: weakref.WeakSet[RequestContextMiddleware] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for middleware in list(_unflushed):
+        middleware.flush()
 
 
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
@@ -103,10 +137,6 @@ def _incoming_request_id(scope: Scope) -> str | None:
         if name == b"x-request-id":
             return value.decode("ascii") if _VALID_REQUEST_ID.fullmatch(value) else None
     return None
-
-
-def _new_request_id() -> str:
-    return os.urandom(12).hex()
 
 
 class _Deadline:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import io
-import os
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import anyio
 import pytest
@@ -13,6 +16,7 @@ from starlette.routing import Route
 from service.app import create_app
 from service.middleware import RequestContextMiddleware
 from tests.conftest import running
+from tests.server import ROOT
 from tests.test_errors import app_with_test_routes, assert_problem
 
 pytestmark = pytest.mark.anyio
@@ -56,6 +60,60 @@ async def test_access_log_is_one_json_line_per_request() -> None:
     assert line["method"] == "GET" and line["path"] == "/made" and line["status"] == 201
     assert line["request_id"] == "req-1" and line["client"] == "127.0.0.1:40000" and line["pid"] == os.getpid()
     assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
+
+
+class CountingRawStream(io.RawIOBase):
+    """Like sys.stdout.buffer under PYTHONUNBUFFERED (Heroku's default): each write is a system call."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[no-untyped-def,override]
+        chunk = bytes(data[:100])  # a short write, as a pipe may make: the rest must follow
+        self.writes.append(chunk)
+        return len(chunk)
+
+
+async def test_access_lines_are_written_in_batches_even_to_an_unbuffered_stream() -> None:
+    stream = CountingRawStream()
+
+    async def ok(request: Request) -> Response:
+        return Response(b"x")
+
+    app = RequestContextMiddleware(Route("/", ok), stream=stream)  # type: ignore[arg-type]
+    async with running_raw(app) as client:
+        for _ in range(40):
+            await client.get("/")
+        assert stream.writes == [], "nothing is written while the first line is younger than 50 ms"
+        await anyio.sleep(0.1)
+    lines = b"".join(stream.writes).splitlines()
+    assert len(lines) == 40 and all(json.loads(line)["path"] == "/" for line in lines)
+    assert len(stream.writes) <= len(b"".join(stream.writes)) // 100 + 1  # one batch, in as few writes as it takes
+
+
+def test_lines_still_waiting_are_written_when_the_process_exits(tmp_path: Path) -> None:
+    script = (
+        "import asyncio\n"
+        "from starlette.responses import Response\n"
+        "from starlette.routing import Route\n"
+        "from service.middleware import RequestContextMiddleware\n"
+        "async def ok(scope, receive, send):\n"
+        "    await Response(b'x')(scope, receive, send)\n"
+        "app = RequestContextMiddleware(ok)\n"
+        "async def main():\n"
+        "    async def receive(): return {'type': 'http.request', 'body': b''}\n"
+        "    async def send(message): pass\n"
+        "    scope = {'type': 'http', 'method': 'GET', 'path': '/last', 'headers': [], 'client': None}\n"
+        "    await app(scope, receive, send)\n"
+        "asyncio.run(main())\n"  # the loop ends at once: the 50 ms flush never runs, the exit hook must
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30, cwd=ROOT,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["path"] == "/last"
 
 
 async def test_access_log_can_be_switched_off() -> None:

@@ -87,10 +87,17 @@ def _cached_response(
         (b"x-cache", lookup.state.encode()),
         (b"age", str(int(github.cache.age(lookup.entry))).encode()),
     ]
-    if _matches(request.headers.get("if-none-match"), view.etag):
+    if _matches(_if_none_match(request.scope), view.etag):
         return CachedBodyResponse(304, b"", headers)
     headers += [(b"content-type", b"application/json"), (b"content-length", str(len(view.body)).encode())]
     return CachedBodyResponse(200, view.body, headers)
+
+
+def _if_none_match(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:  # a scan, not a Headers object: this is every cache hit's path
+        if name == b"if-none-match":
+            return value.decode("latin-1")
+    return None
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:
