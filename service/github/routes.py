@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from starlette.requests import Request
@@ -113,8 +113,22 @@ def _cache_control(ttl: float, stale_ttl: float) -> bytes:
     return f"public, max-age={min(60, int(ttl))}, stale-while-revalidate={int(ttl)}, stale-if-error={int(stale_ttl)}".encode()
 
 
+class _Endpoint:
+    """A handler as the route's bare ASGI app, without Starlette's per-request exception wrapper (about a
+    fifth of a cache hit's time). What the handler raises still reaches the app's exception handlers."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Callable[[Request], Awaitable[CachedBodyResponse]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.handler(Request(scope, receive))
+        await response(scope, receive, send)
+
+
 routes = [
-    Route("/github/repos", list_repositories, methods=["GET"]),
-    Route("/github/repos/{name}", get_repository, methods=["GET"]),
-    Route("/github/owner", get_owner, methods=["GET"]),
+    Route("/github/repos", _Endpoint(list_repositories), methods=["GET"]),
+    Route("/github/repos/{name}", _Endpoint(get_repository), methods=["GET"]),
+    Route("/github/owner", _Endpoint(get_owner), methods=["GET"]),
 ]
