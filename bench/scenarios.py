@@ -81,12 +81,14 @@ def health_and_cache_hit(env: dict[str, object], profile: Profile) -> list[Outco
     with (
         server("ours", uvicorn("service.app:app"), ours_env) as ours,
         server("raw", uvicorn("bench.peers.raw_asgi:app"), {}) as raw,
+        server("starlette", uvicorn("bench.peers.starlette_floor:app"), {}) as starlette,
         server("fastapi", uvicorn("bench.peers.fastapi_app:app"), _peer_env(env)) as fastapi,
     ):
         httpx.get(f"{ours.url}/github/repos", timeout=10).raise_for_status()  # fill both caches
         httpx.get(f"{fastapi.url}/github/repos", timeout=10).raise_for_status()
         targets = {
             "raw ASGI /health": f"{raw.url}/health",
+            "bare Starlette /health": f"{starlette.url}/health",
             "this service /health": f"{ours.url}/health",
             "FastAPI /health": f"{fastapi.url}/health",
             "this service /github/repos (hit)": f"{ours.url}/github/repos",
@@ -94,13 +96,17 @@ def health_and_cache_hit(env: dict[str, object], profile: Profile) -> list[Outco
         }
         series = harness.compare(targets, rounds=profile.rounds, seconds=profile.seconds, warmup=profile.warmup, connections=64)
     ours_health, raw_health, fastapi_health = (series[k].rps for k in ("this service /health", "raw ASGI /health", "FastAPI /health"))
+    starlette_health = series["bare Starlette /health"].rps
     ours_hit, fastapi_hit = series["this service /github/repos (hit)"].rps, series["FastAPI /github/repos (hit)"].rps
     s1 = Outcome(
         "1. GET /health, all production middleware on (64 connections)",
-        {k: series[k] for k in ("raw ASGI /health", "this service /health", "FastAPI /health")},
+        {k: series[k] for k in ("raw ASGI /health", "bare Starlette /health", "this service /health", "FastAPI /health")},
         [Goal("this service / raw-ASGI floor", ours_health / raw_health, 0.65),
          Goal("this service / FastAPI", ours_health / fastapi_health, 2.3)],  # fmt: skip
-        ["Production middleware: request id, JSON access line (to /dev/null here), nosniff, request timeout, body limit."],
+        ["Production middleware: request id, JSON access line (to /dev/null here), nosniff, request timeout, body limit.",
+         f"Bare Starlette (one route, the floor's fixed bytes, no middleware, no handlers) reaches "
+         f"{starlette_health / raw_health:.2f}× the raw floor: the framework's share before any code of ours runs. "
+         f"This service reaches {ours_health / starlette_health:.2f}× bare Starlette."],  # fmt: skip
     )
     s2 = Outcome(
         "2. GET /github/repos, cache hit (30 repositories, 64 connections)",
