@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from service.app import create_app
+from service.github.client import UNLISTED_LOOKUP_BURST, TokenBucket
 from service.settings import Settings
 from tests.conftest import running
 from tests.github_standin import GitHubStandIn, Reply
@@ -188,6 +189,32 @@ async def test_renamed_repository_is_followed(standin, github_client) -> None:  
     async with github_client(standin) as client:
         response = await client.get("/github/repos/old-name")
     assert response.status_code == 200 and response.json()["name"] == "project-002"
+
+
+async def test_made_up_names_spend_only_a_small_upstream_budget(standin, github_client) -> None:  # type: ignore[no-untyped-def]
+    async with github_client(standin) as client:
+        assert (await client.get("/github/repos")).status_code == 200  # the owner's names are now known
+        for i in range(20):
+            problem = assert_problem(await client.get(f"/github/repos/made-up-{i}"), 404)
+            assert f"made-up-{i}" in problem["detail"]
+        listed = [f"project-{i:03d}" for i in range(1, 30) if i % 7]
+        for name in listed:  # names on the list are never refused by the budget
+            response = await client.get(f"/github/repos/{name.upper()}")
+            assert response.status_code == 200 and response.json()["name"] == name
+    assert len(standin.calls_to("/repos/octo-dev/made-up-")) == UNLISTED_LOOKUP_BURST
+    assert len(standin.calls_to("/repos/octo-dev/PROJECT-")) == len(listed)  # asked for as the client spelt them
+
+
+def test_unlisted_lookup_budget_is_regained_over_time() -> None:
+    now = [0.0]
+    bucket = TokenBucket(2, 60.0, lambda: now[0])
+    assert [bucket.take() for _ in range(3)] == [True, True, False]
+    now[0] += 59
+    assert not bucket.take()
+    now[0] += 1
+    assert bucket.take() and not bucket.take()
+    now[0] += 3600
+    assert [bucket.take() for _ in range(3)] == [True, True, False]  # never more than the burst
 
 
 # -- caching ---------------------------------------------------------------------------------

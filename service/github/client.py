@@ -24,6 +24,11 @@ T = TypeVar("T")
 PER_PAGE = 100
 MAX_RATE_LIMIT_WAIT = 3600  # GitHub's rate-limit window; a reset further off is not believed
 MAX_PAGES = 50  # 5,000 repositories; a Link chain longer than that is not followed
+# Names that are not among the owner's listed repositories (misspelt, made up, or an old name GitHub
+# still redirects) are looked up upstream only within this budget, so requests for random names cannot
+# spend the rate limit (60 calls an hour without a token) that refreshing the list needs.
+UNLISTED_LOOKUP_BURST = 5
+UNLISTED_LOOKUP_EVERY = 120.0  # seconds to regain one lookup: at most 30 an hour once the burst is spent
 
 
 class UpstreamTimeout(UpstreamFailure):
@@ -121,6 +126,8 @@ class GitHubClient:
         self._blocked_until = 0.0  # wall-clock time before which GitHub is not called (rate limit)
         self._config_problem: str | None = None if owner else "GitHub owner not configured (GITHUB_OWNER)"
         self._last_outcome: tuple[bool, str, float] | None = None
+        self._unlisted_lookups = TokenBucket(UNLISTED_LOOKUP_BURST, UNLISTED_LOOKUP_EVERY, cache.clock)
+        self._listed: tuple[Entry | None, frozenset[str]] = (None, frozenset())
 
     # -- what the routes ask for -----------------------------------------------------------
 
@@ -134,7 +141,19 @@ class GitHubClient:
 
     async def repository(self, name: str) -> Lookup:
         """One repository of the owner; `name` must already be validated."""
-        return await self.cache.get(("repository", name.lower()), lambda entry: self._fetch_repository(name, entry))
+        key = ("repository", name.lower())
+        if self.cache.peek(key) is None and not self._is_listed(name) and not self._unlisted_lookups.take():
+            raise NotFound(f"{self._require_owner()} has no public repository named {name!r} among those listed.")
+        return await self.cache.get(key, lambda entry: self._fetch_repository(name, entry))
+
+    def _is_listed(self, name: str) -> bool:
+        """Whether the cached repository list (of any age) has this name; False while there is no list."""
+        entry = self.cache.peek("repositories")
+        if entry is None:
+            return False
+        if self._listed[0] is not entry:
+            self._listed = (entry, frozenset(repo.name.lower() for repo in entry.value))
+        return name.lower() in self._listed[1]
 
     async def readiness(self) -> Check:
         if self._config_problem:
@@ -311,3 +330,23 @@ class GitHubClient:
 
     def _record(self, ok: bool, detail: str) -> None:
         self._last_outcome = (ok, detail, self.wall_clock())
+
+
+class TokenBucket:
+    """`burst` tokens, one regained every `every` seconds of `clock`."""
+
+    def __init__(self, burst: int, every: float, clock: Callable[[], float]) -> None:
+        self.burst = burst
+        self.every = every
+        self.clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) / self.every)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
