@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from service.errors import NotFound
+from service.http import BytesResponse, etag_for, not_modified
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _SWAGGER_STATIC = Path(swagger_ui.__file__).resolve().parent / "static"
@@ -77,7 +77,7 @@ def _load_assets() -> dict[str, tuple[bytes, str]]:
     assets = {}
     for name in _ASSETS:
         body = _INIT_JS if name == "init.js" else (_SWAGGER_STATIC / name).read_bytes()
-        assets[name] = (body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+        assets[name] = (body, etag_for(body))
     return assets
 
 
@@ -96,15 +96,15 @@ def build_routes() -> list[Route]:
     async def docs_page(request: Request) -> Response:
         return HTMLResponse(page, headers=_DOCS_HEADERS)
 
-    async def docs_asset(request: Request) -> Response:
+    async def docs_asset(request: Request) -> BytesResponse:
         name = request.path_params["asset"]
         if name not in assets:
             raise NotFound(f"No documentation asset named {name!r}.")
         body, etag = assets[name]
-        headers = {"ETag": etag, "Cache-Control": "public, max-age=86400"}
-        if request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers=headers)
-        return Response(body, headers=headers, media_type=_ASSETS[name])
+        headers = [(b"etag", etag.encode()), (b"cache-control", b"public, max-age=86400")]
+        if not_modified(request.scope, etag):
+            return BytesResponse(304, b"", headers)
+        return BytesResponse.of(body, headers, media_type=_ASSETS[name].encode())
 
     return [
         Route("/openapi.yaml", openapi_yaml, methods=["GET"]),

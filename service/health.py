@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from service import API_NAME, API_VERSION
+from service.http import BytesResponse
+from service.readiness import Check, ReadinessProbe
 
 
 class HealthResponse(msgspec.Struct):
@@ -20,36 +20,16 @@ class HealthResponse(msgspec.Struct):
     status: Literal["ok"] = "ok"
 
 
-class Check(msgspec.Struct, omit_defaults=True):
-    status: Literal["ok", "failing"]
-    detail: str | None = None
-
-
 class Readiness(msgspec.Struct):
     status: Literal["ready", "unavailable"]
     checks: dict[str, Check]
 
 
-# A dependency's readiness, answered from what it already knows: no upstream call per probe.
-ReadinessProbe = Callable[[], Awaitable[Check]]
-
 _encoder = msgspec.json.Encoder()
-_HEALTH_BODY = _encoder.encode(HealthResponse(api=API_NAME, version=API_VERSION))
 _NO_STORE = {"Cache-Control": "no-store"}
 
-
-class HealthEndpoint:
-    """Liveness as fixed bytes, answered as a bare ASGI app: probes and load balancers call it often."""
-
-    _headers = (
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(_HEALTH_BODY)).encode()),
-        (b"cache-control", b"no-store"),
-    )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": list(self._headers)})
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else _HEALTH_BODY})
+# Liveness as fixed bytes, answered as a bare ASGI app: probes and load balancers call it often.
+_health = BytesResponse.of(_encoder.encode(HealthResponse(api=API_NAME, version=API_VERSION)), [(b"cache-control", b"no-store")])
 
 
 async def ready(request: Request) -> Response:
@@ -61,6 +41,6 @@ async def ready(request: Request) -> Response:
 
 
 routes = [
-    Route("/health", HealthEndpoint(), methods=["GET"]),
+    Route("/health", _health, methods=["GET"]),
     Route("/health/ready", ready, methods=["GET"]),
 ]

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PayloadTooLarge, problem_response
+from service.http import raw_header
 
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,200}")
 
@@ -133,10 +134,8 @@ _NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            return value.decode("ascii") if _VALID_REQUEST_ID.fullmatch(value) else None
-    return None
+    value = raw_header(scope, b"x-request-id")
+    return value.decode("ascii") if value is not None and _VALID_REQUEST_ID.fullmatch(value) else None
 
 
 class _Deadline:
@@ -240,13 +239,11 @@ class RequestLimitsMiddleware:
 
 
 def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    value = raw_header(scope, b"content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 class CorsMiddleware(CORSMiddleware):
@@ -258,5 +255,5 @@ class CorsMiddleware(CORSMiddleware):
             return response
         keep = {k: v for k, v in response.headers.items() if k.lower().startswith("access-control-") or k.lower() == "vary"}
         return problem_response(
-            {"path": "*"}, response.status_code, title="CORS preflight refused", detail=response.body.decode(), headers=keep
+            {"path": "*"}, response.status_code, title="CORS preflight refused", detail=bytes(response.body).decode(), headers=keep
         )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.health import Check
+from service.readiness import Check
 
 pytestmark = pytest.mark.anyio
 
