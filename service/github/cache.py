@@ -7,20 +7,15 @@ new data, NOT_MODIFIED, or raises. `UpstreamFailure`s are covered by the last go
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from service.errors import ApiError
+from service.github.errors import UpstreamFailure
+from service.http import etag_for
 
 MAX_VIEWS_PER_ENTRY = 256
-
-
-class UpstreamFailure(ApiError):
-    """The upstream could not answer usefully; a cached copy may stand in for it."""
-
 
 class NotModified:
     """The upstream confirmed the cached copy (HTTP 304)."""
@@ -54,7 +49,7 @@ class Entry:
             if len(self.views) >= MAX_VIEWS_PER_ENTRY:
                 self.views.clear()
             body = render()
-            found = self.views[key] = EncodedView(body, '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"')
+            found = self.views[key] = EncodedView(body, etag_for(body))
         return found
 
 
@@ -62,8 +57,13 @@ CacheState = Literal["hit", "miss", "revalidated", "stale"]
 
 
 class Lookup(NamedTuple):
+    """A cached entry as one request sees it: how it was obtained, how old it is, and how long
+    browsers and CDNs may keep it (the Cache-Control value)."""
+
     entry: Entry
     state: CacheState
+    age: float
+    cache_control: bytes
 
 
 Fetcher = Callable[[Entry | None], Awaitable[Fetched | NotModified]]
@@ -74,6 +74,8 @@ class UpstreamCache:
         self.ttl = ttl
         self.stale_ttl = stale_ttl
         self.clock = clock
+        # Browsers and CDNs may keep an answer a minute, and use it while we refresh or while the upstream fails.
+        self.cache_control = f"public, max-age={min(60, int(ttl))}, stale-while-revalidate={int(ttl)}, stale-if-error={int(stale_ttl)}".encode()
         self._entries: dict[Hashable, Entry] = {}
         self._inflight: dict[Hashable, asyncio.Future[Lookup]] = {}
 
@@ -85,8 +87,8 @@ class UpstreamCache:
 
     async def get(self, key: Hashable, fetch: Fetcher) -> Lookup:
         entry = self._entries.get(key)
-        if entry is not None and self.age(entry) < self.ttl:
-            return Lookup(entry, "hit")
+        if entry is not None and (age := self.clock() - entry.validated_at) < self.ttl:
+            return Lookup(entry, "hit", age, self.cache_control)
         refresh = self._inflight.get(key)
         if refresh is None:
             # One upstream call per key however many requests miss at once; it runs as its own
@@ -106,7 +108,7 @@ class UpstreamCache:
             result = await fetch(entry)
         except UpstreamFailure:
             if entry is not None and self.age(entry) < self.stale_ttl:
-                return Lookup(entry, "stale")
+                return self._lookup(entry, "stale")
             raise
         except Exception:
             self._entries.pop(key, None)  # e.g. the resource is gone upstream: forget it
@@ -114,6 +116,9 @@ class UpstreamCache:
         if isinstance(result, NotModified):
             assert entry is not None
             entry.validated_at = self.clock()
-            return Lookup(entry, "revalidated")
+            return self._lookup(entry, "revalidated")
         fresh = self._entries[key] = Entry(result.value, result.validators, self.clock())
-        return Lookup(fresh, "miss")
+        return self._lookup(fresh, "miss")
+
+    def _lookup(self, entry: Entry, state: CacheState) -> Lookup:
+        return Lookup(entry, state, self.age(entry), self.cache_control)

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import httpx
@@ -14,9 +14,17 @@ import msgspec
 
 from service import API_NAME
 from service.errors import NotFound
-from service.github.cache import NOT_MODIFIED, Entry, Fetched, Lookup, NotModified, UpstreamCache, UpstreamFailure
+from service.github.cache import NOT_MODIFIED, Entry, Fetched, Lookup, NotModified, UpstreamCache
+from service.github.errors import (
+    CredentialsRejected,
+    OwnerNotConfigured,
+    OwnerNotFound,
+    UpstreamBroken,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+)
 from service.github.models import Owner, Repository
-from service.health import Check
+from service.readiness import Check
 
 logger = logging.getLogger("service.github")
 T = TypeVar("T")
@@ -31,60 +39,13 @@ UNLISTED_LOOKUP_BURST = 5
 UNLISTED_LOOKUP_EVERY = 120.0  # seconds to regain one lookup: at most 30 an hour once the burst is spent
 
 
-class UpstreamTimeout(UpstreamFailure):
-    status = 504
-    slug = "upstream-timeout"
-
-
-class UpstreamBroken(UpstreamFailure):
-    """Connection refused or reset, a 5xx, or a body that is not what GitHub documents."""
-
-    status = 502
-    slug = "upstream-failed"
-
-
-class UpstreamRateLimited(UpstreamFailure):
-    status = 503
-    slug = "upstream-rate-limited"
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(
-            f"GitHub's rate limit is used up; retry in {retry_after} s.",
-            headers={"Retry-After": str(retry_after)},
-            title="GitHub rate limit reached",
-        )
-
-
-class CredentialsRejected(UpstreamFailure):
-    status = 503
-    slug = "github-credentials-rejected"
-
-    def __init__(self) -> None:
-        super().__init__("GitHub rejected the configured GITHUB_TOKEN.", title="GitHub credentials rejected")
-
-
-class OwnerNotConfigured(UpstreamFailure):
-    status = 503
-    slug = "github-owner-not-configured"
-
-    def __init__(self) -> None:
-        super().__init__("Set GITHUB_OWNER to serve a GitHub owner's repositories.", title="GitHub owner not configured")
-
-
-class OwnerNotFound(UpstreamFailure):
-    status = 502
-    slug = "github-owner-not-found"
-
-    def __init__(self, owner: str) -> None:
-        super().__init__(f"GitHub has no user or organisation named {owner!r}.", title="GitHub owner not found")
-
-
 class _UpstreamMissing(Exception):
     """GitHub answered 404."""
 
 
-def build_http_client(*, api_url: str, token: str | None, timeout: float) -> httpx.AsyncClient:
-    """The process's one connection pool to GitHub; owned and closed by the app's lifespan."""
+def build_http_client(*, api_url: str, token: str | None) -> httpx.AsyncClient:
+    """The process's one connection pool to GitHub; owned and closed by the app's lifespan. It has no
+    timeout of its own: `GitHubClient` gives each whole operation GITHUB_TIMEOUT, pages included."""
     headers = {
         "User-Agent": f"{API_NAME} (+https://github.com)",
         "Accept": "application/vnd.github+json",
@@ -95,7 +56,7 @@ def build_http_client(*, api_url: str, token: str | None, timeout: float) -> htt
     return httpx.AsyncClient(
         base_url=api_url.rstrip("/"),
         headers=headers,
-        timeout=httpx.Timeout(timeout),
+        timeout=None,
         # Enough to overlap every waiting request when answers are slow; idle ones are dropped after a minute.
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=60),
         follow_redirects=True,  # a renamed repository answers 301 to its new location
@@ -165,7 +126,7 @@ class GitHubClient:
         if ok:
             return Check("ok", f"owner {self.owner}; last GitHub call succeeded {ago}")
         cached = self.cache.peek("repositories") is not None
-        status = "ok" if cached else "failing"
+        status: Literal["ok", "failing"] = "ok" if cached else "failing"
         serving = "serving cached copies" if cached else "no cached copy to serve"
         return Check(status, f"owner {self.owner}; last GitHub call failed {ago} ({detail}); {serving}")
 
@@ -265,9 +226,6 @@ class GitHubClient:
             raise UpstreamRateLimited(math.ceil(wait))
         try:
             response = await self.http.get(url, headers={"If-None-Match": etag} if etag else None)
-        except httpx.TimeoutException:
-            self._record(False, "timeout")
-            raise UpstreamTimeout(f"GitHub did not answer within {self.timeout:g} s.") from None
         except (httpx.TransportError, httpx.TooManyRedirects) as exc:
             self._record(False, type(exc).__name__)
             raise UpstreamBroken(f"Could not reach GitHub ({type(exc).__name__}).") from None
