@@ -7,19 +7,17 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 
 from service import docs, health
 from service.announcements import routes as announcement_routes
+from service.announcements.access import Announcements
 from service.announcements.store import open_store
 from service.errors import EXCEPTION_HANDLERS
 from service.github import routes as github_routes
 from service.github.cache import UpstreamCache
 from service.github.client import GitHubClient, build_http_client
-from service.health import Check
 from service.middleware import CorsMiddleware, RequestContextMiddleware, RequestLimitsMiddleware
 from service.settings import Settings, load_settings, settings_or_exit
 
@@ -27,33 +25,29 @@ logger = logging.getLogger("service.app")
 CORS_EXPOSED = ["ETag", "Location", "Link", "Retry-After", "X-Request-ID", "X-Cache", "Age"]
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, announcements_class: type[Announcements] = Announcements) -> Starlette:
+    """The service. `announcements_class` lets the bench swap in a variant that misbehaves on purpose."""
     settings = settings if settings is not None else load_settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as resources:
-            http = build_http_client(api_url=settings.github_api_url, token=settings.github_token, timeout=settings.github_timeout)
-            await resources.enter_async_context(http)
-            app.state.github = GitHubClient(
+            http = await resources.enter_async_context(build_http_client(api_url=settings.github_api_url, token=settings.github_token))
+            app.state.github = github = GitHubClient(
                 http,
                 owner=settings.github_owner,
                 cache=UpstreamCache(ttl=settings.github_cache_ttl, stale_ttl=settings.github_stale_ttl),
                 timeout=settings.github_timeout,
             )
-            app.state.store = store = open_store(settings.database_url, pool_size=settings.database_pool_size)
-            app.state.store_limiter = anyio.CapacityLimiter(settings.database_pool_size)
-            await run_in_threadpool(store.open)
-            resources.push_async_callback(run_in_threadpool, store.close)
-            if store.kind == "sqlite":  # zero set-up locally; PostgreSQL is migrated by the release phase
-                await run_in_threadpool(store.migrate)
-
-            async def database_readiness() -> Check:
-                ok, detail = await run_in_threadpool(store.readiness)
-                return Check("ok" if ok else "failing", detail)
-
-            app.state.readiness = {"database": database_readiness, "github": app.state.github.readiness}
-            logger.info("started: %s database, GitHub owner %s", store.kind, settings.github_owner or "(not configured)")
+            app.state.announcements = announcements = announcements_class(
+                open_store(settings.database_url, pool_size=settings.database_pool_size),
+                admin_token=settings.admin_token,
+                concurrency=settings.database_pool_size,
+            )
+            await announcements.start()
+            resources.push_async_callback(announcements.stop)
+            app.state.readiness = {"database": announcements.readiness, "github": github.readiness}
+            logger.info("started: %s database, GitHub owner %s", announcements.store.kind, settings.github_owner or "(not configured)")
             yield
         logger.info("stopped: GitHub client and database connections closed")
 
@@ -76,7 +70,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
-    app.state.settings = settings
     return app
 
 

@@ -216,7 +216,7 @@ async def test_delete_then_gone(api) -> None:  # type: ignore[no-untyped-def]
 
 
 async def test_slow_store_read_does_not_delay_health(api) -> None:  # type: ignore[no-untyped-def]
-    store = api._transport.app.state.store  # type: ignore[attr-defined]
+    store = api._transport.app.state.announcements.store  # type: ignore[attr-defined]
     original = store.list
 
     def slow_list(**kwargs):  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
+from service.http import parse_entity_tags
 from service.announcements.models import AnnouncementPatch, NewAnnouncement, decode_cursor, encode_cursor
 from service.announcements.store import AnnouncementStore, StoreUnavailable, open_store
 from service.errors import InvalidInput, NotFound, PreconditionFailed
@@ -106,7 +107,7 @@ def test_partial_update_changes_only_given_fields(store: AnnouncementStore) -> N
     created = store.create(new(tags=["a"], expires_at="2027-01-01T00:00:00Z"), now=NOW)
     later = NOW + timedelta(minutes=5)
     patch = msgspec.convert({"title": "Changed", "expires_at": None}, AnnouncementPatch)
-    updated = store.update(created.id, patch, now=later, if_match=created.etag)
+    updated = store.update(created.id, patch, now=later, if_match=parse_entity_tags(created.etag))
     assert (updated.title, updated.body, updated.tags, updated.expires_at) == ("Changed", created.body, ["a"], None)
     assert updated.updated_at == later and updated.created_at == NOW
     assert updated.etag != created.etag
@@ -118,7 +119,7 @@ def test_update_with_stale_if_match_is_refused_and_writes_nothing(store: Announc
     store.update(created.id, AnnouncementPatch(pinned=True), now=NOW + timedelta(seconds=1), if_match=None)
     current = store.get(created.id)
     with pytest.raises(PreconditionFailed):
-        store.update(created.id, AnnouncementPatch(title="lost"), now=NOW + timedelta(seconds=2), if_match=created.etag)
+        store.update(created.id, AnnouncementPatch(title="lost"), now=NOW + timedelta(seconds=2), if_match=parse_entity_tags(created.etag))
     assert store.get(created.id) == current
 
 
@@ -140,8 +141,8 @@ def test_update_and_delete_of_missing_announcement_is_not_found(store: Announcem
 def test_delete_removes_and_honours_if_match(store: AnnouncementStore) -> None:
     created = store.create(new(), now=NOW)
     with pytest.raises(PreconditionFailed):
-        store.delete(created.id, if_match='"not-it"')
-    store.delete(created.id, if_match=created.etag)
+        store.delete(created.id, if_match=parse_entity_tags('"not-it"'))
+    store.delete(created.id, if_match=parse_entity_tags(created.etag))
     assert store.get(created.id) is None
 
 
@@ -153,7 +154,7 @@ def test_concurrent_updates_with_the_same_if_match_exactly_one_wins(store: Annou
     def editor(n: int) -> None:
         start.wait()
         try:
-            store.update(created.id, AnnouncementPatch(title=f"editor {n}"), now=NOW + timedelta(seconds=1), if_match=created.etag)
+            store.update(created.id, AnnouncementPatch(title=f"editor {n}"), now=NOW + timedelta(seconds=1), if_match=parse_entity_tags(created.etag))
             outcomes.append("won")
         except PreconditionFailed:
             outcomes.append("412")

@@ -87,6 +87,7 @@ def new_announcement(data: NewAnnouncement, *, id: int, now: datetime) -> Announ
 
 
 def patched(current: Announcement, patch: AnnouncementPatch, *, now: datetime) -> Announcement:
+    """`current` with the patch applied and a new `updated_at`; `current` itself if nothing changes."""
     changes = {
         name: value for name in patch.__struct_fields__ if (value := getattr(patch, name)) is not msgspec.UNSET
     }
@@ -95,10 +96,11 @@ def patched(current: Announcement, patch: AnnouncementPatch, *, now: datetime) -
     for name in ("published_at", "expires_at"):
         if changes.get(name) is not None:
             changes[name] = utc(changes[name], name)
-    updated_at = max(now, current.updated_at + timedelta(microseconds=1))
-    result = msgspec.structs.replace(current, **changes, updated_at=updated_at)
+    result = msgspec.structs.replace(current, **changes)
+    if result == current:
+        return current  # an empty patch, or one that sets what is already there, changes nothing
     _check_schedule(result.published_at, result.expires_at)
-    return result
+    return msgspec.structs.replace(result, updated_at=max(now, current.updated_at + timedelta(microseconds=1)))
 
 
 def _check_schedule(published_at: datetime, expires_at: datetime | None) -> None:

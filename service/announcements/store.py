@@ -29,6 +29,7 @@ from service.announcements.models import (
     to_micros,
 )
 from service.errors import NotFound, PreconditionFailed, ServiceUnavailable
+from service.http import EntityTags
 
 POOL_TIMEOUT = 5.0  # seconds to wait for a PostgreSQL connection before answering 503
 READINESS_TIMEOUT = 1.0  # a readiness probe is polled every few seconds: it must not hang for long
@@ -102,8 +103,8 @@ class AnnouncementStore(Protocol):
     def list(
         self, *, now: datetime, limit: int, tag: str | None, include_all: bool, after: Cursor | None
     ) -> list[Announcement]: ...
-    def update(self, id: int, patch: AnnouncementPatch, *, now: datetime, if_match: str | None) -> Announcement: ...
-    def delete(self, id: int, *, if_match: str | None) -> None: ...
+    def update(self, id: int, patch: AnnouncementPatch, *, now: datetime, if_match: EntityTags | None) -> Announcement: ...
+    def delete(self, id: int, *, if_match: EntityTags | None) -> None: ...
 
 
 def open_store(database_url: str, *, pool_size: int = 5) -> AnnouncementStore:
@@ -234,10 +235,12 @@ class SqlStore:
             rows = self._execute(conn, statement, (*params, limit)).fetchall()
         return [_announcement(row) for row in rows]
 
-    def update(self, id: int, patch: AnnouncementPatch, *, now: datetime, if_match: str | None) -> Announcement:
+    def update(self, id: int, patch: AnnouncementPatch, *, now: datetime, if_match: EntityTags | None) -> Announcement:
         with self._transaction(write=True) as conn:
             current = self._locked(conn, id, if_match)
             result = patched(current, patch, now=now)
+            if result is current:
+                return current  # nothing changed: no write, same ETag
             self._execute(
                 conn,
                 "UPDATE announcements SET title = ?, body = ?, tags = ?, pinned = ?, published_at = ?, expires_at = ?,"
@@ -246,12 +249,12 @@ class SqlStore:
             )
         return result
 
-    def delete(self, id: int, *, if_match: str | None) -> None:
+    def delete(self, id: int, *, if_match: EntityTags | None) -> None:
         with self._transaction(write=True) as conn:
             self._locked(conn, id, if_match)
             self._execute(conn, "DELETE FROM announcements WHERE id = ?", (id,))
 
-    def _locked(self, conn: Any, id: int, if_match: str | None) -> Announcement:
+    def _locked(self, conn: Any, id: int, if_match: EntityTags | None) -> Announcement:
         """The current row, locked until the transaction ends (SQLite: BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE),
         checked against the caller's If-Match. Two editors with the same If-Match: the second gets 412."""
         if not 0 < id <= MAX_ID:
@@ -260,7 +263,7 @@ class SqlStore:
         if row is None:
             raise NotFound(f"No announcement {id}.")
         current = _announcement(row)
-        if if_match is not None and not _etag_matches(if_match, current.etag):
+        if if_match is not None and not if_match.strong_match(current.etag):
             raise PreconditionFailed(f"If-Match does not match the current version {current.etag}; fetch it again.")
         return current
 
@@ -291,11 +294,6 @@ def _announcement(row: tuple[Any, ...]) -> Announcement:
         created_at=from_micros(created_at),
         updated_at=from_micros(updated_at),
     )
-
-
-def _etag_matches(if_match: str, etag: str) -> bool:
-    tags = [tag.strip() for tag in if_match.split(",") if tag.strip()]
-    return not tags or "*" in tags or etag in tags  # an empty If-Match asks for nothing
 
 
 class SQLiteStore(SqlStore):
@@ -370,7 +368,7 @@ class PostgresStore(SqlStore):
         params.setdefault("connect_timeout", 5)
         params["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
         self._pool = psycopg_pool.ConnectionPool(
-            psycopg.conninfo.make_conninfo(**params),
+            psycopg.conninfo.make_conninfo("", **params),
             min_size=1,
             max_size=pool_size,
             timeout=POOL_TIMEOUT,
