@@ -38,7 +38,7 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
 
     def public_view(self) -> dict[str, object]:
         """The settings as printable values, secrets masked."""
-        view = msgspec.to_builtins(self)
+        view: dict[str, object] = msgspec.to_builtins(self)
         for name in SECRETS:
             if view.get(name) is not None:
                 view[name] = "***"
