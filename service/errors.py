@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http
 import logging
+from typing import Annotated
 
 import msgspec
 from starlette.exceptions import HTTPException
@@ -23,7 +24,7 @@ class FieldError(msgspec.Struct, frozen=True):
 class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
     type: str
     title: str
-    status: int
+    status: Annotated[int, msgspec.Meta(ge=400, le=599)]
     detail: str | None = None
     instance: str | None = None
     request_id: str | None = None

@@ -22,7 +22,7 @@ class NewAnnouncement(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     body: Body
     tags: Tags = []
     pinned: bool = False
-    published_at: Time | None = None  # now; a future time schedules it
+    published_at: Time | msgspec.UnsetType = msgspec.UNSET  # now; a future time schedules it (null is refused)
     expires_at: Time | None = None
 
 
@@ -41,12 +41,12 @@ class Announcement(msgspec.Struct, kw_only=True):
     id: int
     title: str
     body: str
-    tags: list[str]
+    tags: list[Tag]
     pinned: bool
-    published_at: datetime
-    expires_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
+    published_at: Time
+    expires_at: Time | None
+    created_at: Time
+    updated_at: Time
 
     @property
     def etag(self) -> str:
