@@ -15,6 +15,8 @@ GITHUB_LOGIN = r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$"
 DEFAULT_DATABASE_URL = "sqlite:///data/service.db"
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
+# Tokens travel in HTTP headers (ours or GitHub's), which carry visible ASCII only.
+HEADER_SAFE = r"^[!-~]+$"
 
 
 class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
@@ -27,14 +29,14 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     request_timeout: Seconds = 10.0
     web_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     github_owner: Annotated[str, msgspec.Meta(pattern=GITHUB_LOGIN)] | None = None
-    github_token: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] | None = None
+    github_token: Annotated[str, msgspec.Meta(min_length=1, max_length=512, pattern=HEADER_SAFE)] | None = None
     github_api_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")] = "https://api.github.com"
     github_timeout: Annotated[float, msgspec.Meta(gt=0, le=29)] = 10.0
     github_cache_ttl: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 300.0
     github_stale_ttl: Annotated[float, msgspec.Meta(ge=0, le=30 * 86400)] = 86400.0
     database_url: Annotated[str, msgspec.Meta(pattern=r"^(sqlite|postgres|postgresql)://")] = DEFAULT_DATABASE_URL
     database_pool_size: Annotated[int, msgspec.Meta(ge=1, le=40)] = 5
-    admin_token: Annotated[str, msgspec.Meta(min_length=16, max_length=512)] | None = None
+    admin_token: Annotated[str, msgspec.Meta(min_length=16, max_length=512, pattern=HEADER_SAFE)] | None = None
 
     def public_view(self) -> dict[str, object]:
         """The settings as printable values, secrets masked."""
@@ -42,7 +44,8 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
         for name in SECRETS:
             if view.get(name) is not None:
                 view[name] = "***"
-        view["DATABASE_URL"] = mask_url_password(self.database_url)
+        for name in ("DATABASE_URL", "GITHUB_API_URL"):
+            view[name] = mask_url_password(view[name])
         return view
 
 
@@ -59,14 +62,14 @@ EXPECTED = {
     "REQUEST_TIMEOUT": "a number of seconds above 0 and at most 3600",
     "WEB_CONCURRENCY": "an integer from 1 to 64",
     "GITHUB_OWNER": "a GitHub user or organisation login (letters, digits, single hyphens, at most 39)",
-    "GITHUB_TOKEN": "a GitHub token of 1 to 512 characters",
+    "GITHUB_TOKEN": "a GitHub token of 1 to 512 visible ASCII characters (it is sent in an HTTP header)",
     "GITHUB_API_URL": "an http(s) URL such as https://api.github.com",
     "GITHUB_TIMEOUT": "a number of seconds above 0 and at most 29 (Heroku's router gives up at 30)",
     "GITHUB_CACHE_TTL": "a number of seconds from 0 to 86400",
     "GITHUB_STALE_TTL": "a number of seconds from 0 to 2592000",
     "DATABASE_URL": "sqlite:///path/to/file.db, postgres://user:password@host:port/dbname or postgresql://…",
     "DATABASE_POOL_SIZE": "an integer from 1 to 40 (connections per worker process)",
-    "ADMIN_TOKEN": "a secret of 16 to 512 characters",
+    "ADMIN_TOKEN": "a secret of 16 to 512 visible ASCII characters (it is sent in an HTTP header)",
 }
 
 _ERROR_PATH = re.compile(r"^(?P<reason>.*) - at `\$\.(?P<name>[A-Z_]+)`")
@@ -92,9 +95,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         else:
             raw[name] = value
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise _readable(exc, raw) from None
+    if not settings.database_url.startswith("sqlite:"):
+        _check_postgres_url(settings.database_url)
+    return settings
 
 
 def settings_or_exit() -> Settings:
@@ -111,7 +117,13 @@ def _readable(exc: msgspec.ValidationError, raw: Mapping[str, object]) -> Settin
     if match is None:
         return SettingsError(f"invalid configuration: {exc}")
     name = match["name"]
-    shown = "***" if name in SECRETS else repr(raw.get(name))
+    value = raw.get(name)
+    if name in SECRETS:
+        shown = "***"
+    elif name.endswith("_URL") and isinstance(value, str):
+        shown = repr(mask_url_password(value))
+    else:
+        shown = repr(value)
     reason = match["reason"].replace("`", "")
     if "matching regex" in reason:
         reason = "not of the accepted form"
@@ -119,6 +131,35 @@ def _readable(exc: msgspec.ValidationError, raw: Mapping[str, object]) -> Settin
     return SettingsError(f"invalid {name}={shown}: {reason}; expected {EXPECTED[name]}")
 
 
+def _check_postgres_url(url: str) -> None:
+    """Parse the URL as the store will (libpq's own parser), so a malformed one stops start-up here
+    in one line, password masked, instead of in a traceback that quotes it."""
+    import psycopg
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        raise SettingsError(
+            f"invalid DATABASE_URL={mask_url_password(url)!r}: PostgreSQL cannot parse it; expected "
+            "postgres://user:password@host:port/dbname with reserved characters percent-encoded "
+            "(%40 for @, %25 for %) and an IPv6 host in brackets"
+        ) from None
+
+
+_PASSWORD_PARAMETER = re.compile(r"([?&][^=&?]*password=)[^&]*", re.IGNORECASE)
+
+
 def mask_url_password(url: str) -> str:
-    """postgres://user:secret@host/db -> postgres://user:***@host/db"""
-    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
+    """postgres://user:secret@host/db?sslpassword=x -> postgres://user:***@host/db?sslpassword=***
+
+    Errs towards masking too much: the userinfo ends at the last "@" before the query (or anywhere,
+    when a stray "?" sits inside an unencoded password).
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return _PASSWORD_PARAMETER.sub(r"\1***", url)
+    head = rest.split("?", 1)[0]
+    at = head.rfind("@") if "@" in head else rest.rfind("@")
+    if at > 0 and ":" in rest[:at]:
+        rest = rest[:at].split(":", 1)[0] + ":***" + rest[at:]
+    return scheme + separator + _PASSWORD_PARAMETER.sub(r"\1***", rest)
