@@ -42,6 +42,11 @@ def test_defaults_when_nothing_is_set() -> None:
         ("DATABASE_URL", "postgres://u:p@db.example:5432/site", "database_url", "postgres://u:p@db.example:5432/site"),
         ("ADMIN_TOKEN", "s3cret-admin-token-0123", "admin_token", "s3cret-admin-token-0123"),
         ("DATABASE_POOL_SIZE", "12", "database_pool_size", 12),
+        ("WEB_DYNOS", "2", "web_dynos", 2),
+        ("DATABASE_MAX_CONNECTIONS", "120", "database_max_connections", 120),
+        ("ALLOW_EPHEMERAL_DATABASE", "true", "allow_ephemeral_database", True),
+        ("GITHUB_WEBHOOK_SECRET", "whsec-0123456789abcdef", "github_webhook_secret", "whsec-0123456789abcdef"),
+        ("METRICS_TOKEN", "metrics-0123456789abcdef", "metrics_token", "metrics-0123456789abcdef"),
         ("GITHUB_TOKEN", "github_pat_11ABC_x~!#$%&'*+-.^`|", "github_token", "github_pat_11ABC_x~!#$%&'*+-.^`|"),
     ],
 )
@@ -72,12 +77,18 @@ def test_good_value_is_used(name: str, value: str, attribute: str, expected: obj
         ("ADMIN_TOKEN", "short"),
         ("DATABASE_POOL_SIZE", "0"),
         ("DATABASE_POOL_SIZE", "41"),
+        ("WEB_DYNOS", "0"),
+        ("DATABASE_MAX_CONNECTIONS", "0"),
+        ("ALLOW_EPHEMERAL_DATABASE", "perhaps"),
         # What an HTTP header can carry: visible ASCII, no spaces, no control characters.
         ("GITHUB_TOKEN", "ghp_tökén0123456789"),
         ("GITHUB_TOKEN", "ghp_two words"),
         ("GITHUB_TOKEN", "ghp_line\nbreak"),
         ("ADMIN_TOKEN", "admin-tökén-0123456789"),
         ("ADMIN_TOKEN", "admin token 0123456789"),
+        ("METRICS_TOKEN", "metrics-tökén-0123456789"),
+        ("METRICS_TOKEN", "short"),
+        ("GITHUB_WEBHOOK_SECRET", "short"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
