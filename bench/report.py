@@ -1,11 +1,23 @@
-"""Write bench/results/report.md and its PNG charts from the scenarios' outcomes."""
+"""Write bench/results/report.md and its PNG charts from the scenarios' outcomes.
+
+`python -m bench.report` redraws the charts from a written report.md (after a change to the charts).
+"""
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import re
+import sys
+import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench.scenarios import Outcome
+from bench.harness import Measurement, Series
+from bench.scenarios import Goal, Outcome
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -88,33 +100,159 @@ def _charts(outcomes: list[Outcome], out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    throughput = [(s.label, s.rps) for o in outcomes if o.title.startswith(("1.", "2.", "3.")) for s in o.series.values()]
-    seen: dict[str, float] = {}
-    for label, rps in throughput:
-        seen.setdefault(label, rps)
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(seen) + 1.5))
-    labels = list(seen)
-    ax.barh(labels, [seen[k] for k in labels], color=["#2b7bba" if "this service" in k else "#9aa5b1" for k in labels])
-    ax.invert_yaxis()
-    ax.set_xlabel("requests per second (median)")
-    ax.set_title("Throughput, scenarios 1–3")
-    for i, label in enumerate(labels):
-        ax.text(seen[label], i, f" {seen[label]:,.0f}", va="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "throughput.png", dpi=110)
-    plt.close(fig)
+    charts = {"throughput.png": _throughput_chart, "latency.png": _latency_chart, "goals.png": _goals_chart}
+    for name, draw in charts.items():
+        figure = draw(outcomes)
+        figure.savefig(out / name, dpi=110)
+        plt.close(figure)
+    return list(charts)
 
-    latency = [s for o in outcomes if o.title.startswith("4.") for s in o.series.values()]
-    fig, ax = plt.subplots(figsize=(10, 0.5 * len(latency) + 1.5))
-    names = [s.label for s in latency]
-    ax.barh([n + " p99" for n in names], [s.p99_ms for s in latency], color="#d1495b", label="p99")
-    ax.barh([n + " p50" for n in names], [s.p50_ms for s in latency], color="#edae49", label="p50")
-    ax.set_xscale("log")
+
+OURS, PEER, MET, MISSED, GOAL = "#2b7bba", "#9aa5b1", "#3a9d5d", "#d1495b", "#333333"
+# Value labels sit on white so a goal line crossing them cannot hide a digit.
+LABEL = {"fontsize": 9, "bbox": {"facecolor": "white", "edgecolor": "none", "pad": 1}}
+
+
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def _goal_text(goal: Goal) -> str:
+    sign = "≥" if goal.higher_is_better else "≤"
+    verdict = "met" if goal.met else "missed"
+    return f"Goal: {goal.name} {sign} {_number(goal.target)}{goal.unit} — measured {_number(goal.measured)}{goal.unit}, {verdict}"
+
+
+def _throughput_chart(outcomes: list[Outcome]) -> Figure:
+    """Scenarios 1–3, one panel each on its own scale, so Flask's 24 req/s shows beside 26,700."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    panels = [o for o in outcomes if o.series and o.title.startswith(("1.", "2.", "3."))]
+    rows = [len(o.series) for o in panels]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(11, 0.42 * sum(rows) + 1.25 * len(panels) + 0.6),
+                                height_ratios=rows, layout="constrained", squeeze=False)  # fmt: skip
+    figure.suptitle("Throughput, requests per second (median over rounds; blue: this service)", fontsize=13, weight="bold")
+    for ax, outcome in zip(axes[:, 0], panels, strict=True):
+        series = list(outcome.series.values())
+        values = [s.rps for s in series]
+        bars = ax.barh(range(len(series)), values, color=[OURS if s.label.startswith("this service") else PEER for s in series])
+        ax.set_yticks(range(len(series)), [_wrap(s.label, 34) for s in series], fontsize=9)
+        ax.invert_yaxis()
+        ax.bar_label(bars, [f"{v:,.0f}" for v in values], padding=4, **LABEL)
+        marks = {g.target for g in outcome.goals if g.unit.strip() == "req/s"}  # absolute goals: a line on this scale
+        for target in marks:
+            ax.axvline(target, color=GOAL, linestyle="--", linewidth=1, zorder=2.5)
+            quiet_row = values.index(min(values))  # beside the shortest bar the label hides nothing
+            ax.annotate(f"goal ≥ {target:,.0f} req/s", (target, quiet_row), xytext=(4, 0), textcoords="offset points",
+                        va="center", color=GOAL, **LABEL)  # fmt: skip
+        ax.set_xlim(0, max([*values, *marks]) * 1.15)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+        ax.tick_params(axis="x", labelsize=8.5)
+        goals = "\n".join(_goal_text(g) for g in outcome.goals)
+        ax.set_title(_wrap(outcome.title, 110) + ("\n" + goals if goals else ""), loc="left", fontsize=9.5)
+        ax.spines[["top", "right"]].set_visible(False)
+    return figure
+
+
+def _latency_chart(outcomes: list[Outcome]) -> Figure:
+    """Scenario 4: p50 and p99 of /health, idle and beside the readers, with the p99 goal on each loaded row."""
+    import matplotlib.pyplot as plt
+
+    outcome = next(o for o in outcomes if o.title.startswith("4."))
+    series = list(outcome.series.values())
+    figure, ax = plt.subplots(figsize=(11, 1.0 * len(series) + 2.2), layout="constrained")
+    figure.suptitle(_wrap(outcome.title, 90), fontsize=12, weight="bold")
+    positions = range(len(series))
+    p50 = ax.barh([i - 0.2 for i in positions], [s.p50_ms for s in series], height=0.38, color="#edae49", label="p50")
+    p99 = ax.barh([i + 0.2 for i in positions], [s.p99_ms for s in series], height=0.38, color=MISSED, label="p99")
+    ax.bar_label(p50, [f"{s.p50_ms:.2f} ms" for s in series], padding=4, **LABEL)
+    ax.bar_label(p99, [f"{s.p99_ms:.2f} ms" for s in series], padding=4, **LABEL)
+    ax.set_yticks(list(positions), [_wrap(s.label, 40) for s in series], fontsize=9)
     ax.invert_yaxis()
-    ax.set_xlabel("/health latency, ms (log scale)")
-    ax.set_title("Scenario 4: /health latency alone and beside 32 announcement readers")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=110)
-    plt.close(fig)
-    return ["throughput.png", "latency.png"]
+    # The series come in (idle, loaded) pairs per contender; the goal bounds loaded p99 by a multiple of idle p99.
+    goal = outcome.goals[0] if outcome.goals else None
+    if goal is not None:
+        for i in range(1, len(series), 2):
+            limit = series[i - 1].p99_ms * goal.target
+            ax.plot([limit, limit], [i - 0.45, i + 0.45], color=GOAL, linestyle="--", linewidth=1.2, zorder=2.5)
+            ax.text(limit, i - 0.47, f" goal ≤ {goal.target:g}× idle p99 = {limit:.2f} ms", color=GOAL, va="bottom", **LABEL)
+        ax.set_title(_goal_text(goal), loc="left", fontsize=9.5)
+    ax.set_xlim(0, max(s.p99_ms for s in series) * 1.25)
+    ax.set_xlabel("/health latency, ms")
+    ax.legend(loc="lower right")
+    ax.spines[["top", "right"]].set_visible(False)
+    return figure
+
+
+def _goals_chart(outcomes: list[Outcome]) -> Figure:
+    """Every goal as measured ÷ goal: 1 is the goal itself; green met, red missed."""
+    import matplotlib.pyplot as plt
+
+    goals = [(o.title.split(".")[0], g) for o in outcomes for g in o.goals]
+    figure, ax = plt.subplots(figsize=(11, 0.5 * len(goals) + 1.8), layout="constrained")
+    figure.suptitle("Every goal, measured ÷ goal: green met, red missed", fontsize=12, weight="bold")
+    ratios = [g.measured / g.target for _, g in goals]
+    bars = ax.barh(range(len(goals)), ratios, color=[MET if g.met else MISSED for _, g in goals])
+    labels = [f"{_number(g.measured)}{g.unit} (goal {'≥' if g.higher_is_better else '≤'} {_number(g.target)}{g.unit}), "
+              f"{'met' if g.met else 'missed'}" for _, g in goals]  # fmt: skip
+    ax.bar_label(bars, labels, padding=4, **LABEL)
+    ax.set_yticks(range(len(goals)), [_wrap(f"{n}. {g.name}", 44) for n, g in goals], fontsize=9)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color=GOAL, linestyle="--", linewidth=1.2, zorder=2.5)
+    ax.text(1.0, -0.75, " goal", color=GOAL, va="bottom", **LABEL)
+    ax.set_xlim(0, max(ratios) * 1.7)
+    ax.set_xlabel("measured ÷ goal (a ≥ goal is met right of the line, a ≤ goal left of it)")
+    ax.spines[["top", "right"]].set_visible(False)
+    return figure
+
+
+def outcomes_from_report(text: str) -> list[Outcome]:
+    """The contenders and goals a written report.md recorded, enough to redraw its charts."""
+    outcomes: dict[str, Outcome] = {}
+    goals: list[tuple[str, Goal]] = []
+    table = ""  # the header of the table being read
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("## ") and line[3:4].isdigit():
+            outcomes[line[3:].split(".")[0]] = Outcome(line[3:])
+        elif not line.startswith("|"):
+            table = ""
+        elif not table:
+            table = cells[0]
+        elif line.startswith("|---"):
+            continue
+        elif table == "Contender":  # | label | req/s | p50 | p99 | non-2xx | socket errors |
+            rps, p50, p99 = (_parse_number(cell) for cell in cells[1:4])
+            run = Measurement(rps, p50, p99, requests=0, non_2xx=int(cells[4]), errors=int(cells[5]))
+            outcomes[next(reversed(outcomes))].series[cells[0]] = Series(cells[0], [run])
+        elif table == "Scenario":  # | scenario | measure | measured | goal | met |
+            measured, target = _parse_number(cells[2]), _parse_number(cells[3])
+            unit = re.sub(r"^[\d,.]+", "", cells[2])
+            goals.append((cells[0], Goal(cells[1], measured, target, higher_is_better=cells[3].startswith("≥"), unit=unit)))
+    for scenario, goal in goals:
+        outcomes[scenario].goals.append(goal)
+    return list(outcomes.values())
+
+
+def _parse_number(text: str) -> float:
+    match = re.search(r"[\d,]+(?:\.\d+)?", text)
+    if match is None:
+        raise ValueError(f"no number in {text!r}")
+    return float(match[0].replace(",", ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description="Redraw the charts of a written report.md.")
+    parser.add_argument("--report", type=Path, default=RESULTS / "report.md")
+    parser.add_argument("--out", type=Path, default=None, help="where the charts go (default: beside the report)")
+    args = parser.parse_args(argv)
+    out = args.out or args.report.parent
+    out.mkdir(parents=True, exist_ok=True)
+    for name in _charts(outcomes_from_report(args.report.read_text()), out):
+        print(out / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,19 +1,20 @@
-"""A stand-in for GitHub's REST API for load tests: raw ASGI (so it is never the bottleneck), a fixed
-delay per answer, payloads from the shared make_repos fixture, ETags and 304s like GitHub's."""
+"""A stand-in for GitHub's REST API for load tests and local runs: raw ASGI (so it is never the
+bottleneck), a fixed delay per answer, payloads from the tests' make_repos fixture, ETags and 304s
+like GitHub's.
+
+From the repository root: `.venv/bin/python -m bench.upstream --port 8001` serves the owner octo-dev
+(BENCH_OWNER, BENCH_UPSTREAM_REPOS and BENCH_UPSTREAM_DELAY change what it serves).
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import json
 import os
-import sys
-from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parent.parent
-_SHARED = _ROOT.parent / "shared" / "fixtures" / "github"
-sys.path.insert(0, str(_SHARED if (_SHARED / "make_repos.py").exists() else _ROOT / "tests" / "fixtures"))
-from make_repos import make  # noqa: E402
+from tests.fixtures.make_repos import make
 
 OWNER = os.environ.get("BENCH_OWNER", "octo-dev")
 DELAY = float(os.environ.get("BENCH_UPSTREAM_DELAY", "0"))
@@ -67,3 +68,20 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
     headers = [(b"content-type", b"application/json"), (b"etag", etag), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m bench.upstream", description="Serve a GitHub stand-in for one owner.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001, help="default 8001, beside the service's 8000")
+    args = parser.parse_args(argv)
+    url = f"http://{args.host}:{args.port}"
+    print(f"GitHub stand-in serving owner {OWNER} ({COUNT} repositories) on {url}; "
+          f"run the service with GITHUB_API_URL={url} GITHUB_OWNER={OWNER}", flush=True)  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -45,9 +45,13 @@ def check_config(settings: Settings) -> None:
 
 
 def migrate(settings: Settings) -> None:
+    from service.errors import ApiError
+
     store = _opened_store(settings)
     try:
         applied = store.migrate()
+    except ApiError as exc:  # e.g. the database is unreachable: one line in the release log, exit 1
+        raise SystemExit(f"migration failed: {exc.detail or exc.title}") from None
     finally:
         store.close()
     print(f"applied migrations {applied}" if applied else "schema already up to date")

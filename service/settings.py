@@ -15,6 +15,14 @@ GITHUB_LOGIN = r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$"
 DEFAULT_DATABASE_URL = "sqlite:///data/service.db"
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
+# Tokens travel in HTTP headers (ours or GitHub's), which carry visible ASCII only.
+HEADER_SAFE = r"^[!-~]+$"
+
+# The connection budget (PostgreSQL): one connection each for the release phase's `migrate` and one
+# `heroku run` shell stay free; the web workers share the rest, up to DEFAULT_POOL_SIZE each.
+RESERVED_CONNECTIONS = 2
+DEFAULT_POOL_SIZE = 5
+HEROKU_POSTGRES = "heroku addons:create heroku-postgresql:essential-0"
 
 
 class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
@@ -26,15 +34,20 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1, le=100 * 1024 * 1024)] = 65536
     request_timeout: Seconds = 10.0
     web_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    web_dynos: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
     github_owner: Annotated[str, msgspec.Meta(pattern=GITHUB_LOGIN)] | None = None
-    github_token: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] | None = None
+    github_token: Annotated[str, msgspec.Meta(min_length=1, max_length=512, pattern=HEADER_SAFE)] | None = None
     github_api_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")] = "https://api.github.com"
     github_timeout: Annotated[float, msgspec.Meta(gt=0, le=29)] = 10.0
     github_cache_ttl: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 300.0
     github_stale_ttl: Annotated[float, msgspec.Meta(ge=0, le=30 * 86400)] = 86400.0
     database_url: Annotated[str, msgspec.Meta(pattern=r"^(sqlite|postgres|postgresql)://")] = DEFAULT_DATABASE_URL
-    database_pool_size: Annotated[int, msgspec.Meta(ge=1, le=40)] = 5
-    admin_token: Annotated[str, msgspec.Meta(min_length=16, max_length=512)] | None = None
+    database_pool_size: Annotated[int, msgspec.Meta(ge=1, le=40)] = DEFAULT_POOL_SIZE
+    database_max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 20
+    allow_ephemeral_database: bool = False
+    admin_token: Annotated[str, msgspec.Meta(min_length=16, max_length=512, pattern=HEADER_SAFE)] | None = None
+    github_webhook_secret: Annotated[str, msgspec.Meta(min_length=16, max_length=512, pattern=HEADER_SAFE)] | None = None
+    metrics_token: Annotated[str, msgspec.Meta(min_length=16, max_length=512, pattern=HEADER_SAFE)] | None = None
 
     def public_view(self) -> dict[str, object]:
         """The settings as printable values, secrets masked."""
@@ -42,11 +55,12 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
         for name in SECRETS:
             if view.get(name) is not None:
                 view[name] = "***"
-        view["DATABASE_URL"] = mask_url_password(self.database_url)
+        for name in ("DATABASE_URL", "GITHUB_API_URL"):
+            view[name] = mask_url_password(view[name])
         return view
 
 
-SECRETS = ("GITHUB_TOKEN", "ADMIN_TOKEN")
+SECRETS = ("GITHUB_TOKEN", "ADMIN_TOKEN", "GITHUB_WEBHOOK_SECRET", "METRICS_TOKEN")
 
 # What a good value looks like, for the one-line start-up error.
 EXPECTED = {
@@ -58,15 +72,20 @@ EXPECTED = {
     "MAX_BODY_BYTES": "an integer number of bytes from 1 to 104857600",
     "REQUEST_TIMEOUT": "a number of seconds above 0 and at most 3600",
     "WEB_CONCURRENCY": "an integer from 1 to 64",
+    "WEB_DYNOS": "an integer from 1 to 1000 (web dynos sharing the database)",
     "GITHUB_OWNER": "a GitHub user or organisation login (letters, digits, single hyphens, at most 39)",
-    "GITHUB_TOKEN": "a GitHub token of 1 to 512 characters",
+    "GITHUB_TOKEN": "a GitHub token of 1 to 512 visible ASCII characters (it is sent in an HTTP header)",
     "GITHUB_API_URL": "an http(s) URL such as https://api.github.com",
     "GITHUB_TIMEOUT": "a number of seconds above 0 and at most 29 (Heroku's router gives up at 30)",
     "GITHUB_CACHE_TTL": "a number of seconds from 0 to 86400",
     "GITHUB_STALE_TTL": "a number of seconds from 0 to 2592000",
     "DATABASE_URL": "sqlite:///path/to/file.db, postgres://user:password@host:port/dbname or postgresql://…",
     "DATABASE_POOL_SIZE": "an integer from 1 to 40 (connections per worker process)",
-    "ADMIN_TOKEN": "a secret of 16 to 512 characters",
+    "DATABASE_MAX_CONNECTIONS": "an integer from 1 to 100000 (the database plan's connection limit)",
+    "ALLOW_EPHEMERAL_DATABASE": "true or false (or 1/0)",
+    "ADMIN_TOKEN": "a secret of 16 to 512 visible ASCII characters (it is sent in an HTTP header)",
+    "GITHUB_WEBHOOK_SECRET": "a secret of 16 to 512 visible ASCII characters",
+    "METRICS_TOKEN": "a secret of 16 to 512 visible ASCII characters (it is sent in an HTTP header)",
 }
 
 _ERROR_PATH = re.compile(r"^(?P<reason>.*) - at `\$\.(?P<name>[A-Z_]+)`")
@@ -77,7 +96,12 @@ class SettingsError(ValueError):
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read every known variable from `environ` (default: os.environ); unknown ones are ignored."""
+    """Read every known variable from `environ` (default: os.environ); unknown ones are ignored.
+
+    Beyond each variable's own form, this checks what only the combination can show: that PostgreSQL
+    can parse DATABASE_URL, that a Heroku dyno (DYNO is set) does not keep data on its throw-away
+    filesystem, and that the web workers' pools fit the database's connection limit.
+    """
     environ = os.environ if environ is None else environ
     raw: dict[str, object] = {}
     for name in Settings.__struct_encode_fields__:
@@ -92,9 +116,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         else:
             raw[name] = value
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise _readable(exc, raw) from None
+    if settings.database_url.startswith("sqlite:"):
+        if "DYNO" in environ and not settings.allow_ephemeral_database:
+            raise SettingsError(_ephemeral_database(given="DATABASE_URL" in raw))
+        return settings
+    _check_postgres_url(settings.database_url)
+    return _within_connection_budget(settings, pool_size_given="DATABASE_POOL_SIZE" in raw)
 
 
 def settings_or_exit() -> Settings:
@@ -111,7 +141,13 @@ def _readable(exc: msgspec.ValidationError, raw: Mapping[str, object]) -> Settin
     if match is None:
         return SettingsError(f"invalid configuration: {exc}")
     name = match["name"]
-    shown = "***" if name in SECRETS else repr(raw.get(name))
+    value = raw.get(name)
+    if name in SECRETS:
+        shown = "***"
+    elif name.endswith("_URL") and isinstance(value, str):
+        shown = repr(mask_url_password(value))
+    else:
+        shown = repr(value)
     reason = match["reason"].replace("`", "")
     if "matching regex" in reason:
         reason = "not of the accepted form"
@@ -119,6 +155,68 @@ def _readable(exc: msgspec.ValidationError, raw: Mapping[str, object]) -> Settin
     return SettingsError(f"invalid {name}={shown}: {reason}; expected {EXPECTED[name]}")
 
 
+def _ephemeral_database(*, given: bool) -> str:
+    what = "DATABASE_URL names an SQLite file" if given else "DATABASE_URL is not set (the default is an SQLite file)"
+    return (
+        f"{what} on a Heroku dyno, whose filesystem is thrown away at every restart and deploy, so announcements "
+        f"would be lost; add PostgreSQL with `{HEROKU_POSTGRES}` (it sets DATABASE_URL), "
+        "or set ALLOW_EPHEMERAL_DATABASE=true to accept losing every write"
+    )
+
+
+def _check_postgres_url(url: str) -> None:
+    """Parse the URL as the store will (libpq's own parser), so a malformed one stops start-up here
+    in one line, password masked, instead of in a traceback that quotes it."""
+    import psycopg
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        raise SettingsError(
+            f"invalid DATABASE_URL={mask_url_password(url)!r}: PostgreSQL cannot parse it; expected "
+            "postgres://user:password@host:port/dbname with reserved characters percent-encoded "
+            "(%40 for @, %25 for %) and an IPv6 host in brackets"
+        ) from None
+
+
+def _within_connection_budget(settings: Settings, *, pool_size_given: bool) -> Settings:
+    """Size each worker's pool so dynos × workers × pool + reserved <= DATABASE_MAX_CONNECTIONS, or say why not.
+
+    An explicit DATABASE_POOL_SIZE is kept as given; otherwise each worker gets an equal share of what
+    is left after RESERVED_CONNECTIONS, at most DEFAULT_POOL_SIZE and at least 1.
+    """
+    workers = settings.web_dynos * settings.web_concurrency
+    limit = settings.database_max_connections
+    pool = settings.database_pool_size
+    if not pool_size_given:
+        pool = max(1, min(DEFAULT_POOL_SIZE, (limit - RESERVED_CONNECTIONS) // workers))
+    needed = workers * pool + RESERVED_CONNECTIONS
+    if needed > limit:
+        advice = "lower WEB_CONCURRENCY" if pool == 1 else "lower DATABASE_POOL_SIZE or WEB_CONCURRENCY"
+        raise SettingsError(
+            f"the database connection budget does not fit: WEB_DYNOS={settings.web_dynos} × "
+            f"WEB_CONCURRENCY={settings.web_concurrency} workers × {pool} connection{'s' if pool > 1 else ''} "
+            f"{'(DATABASE_POOL_SIZE) ' if pool_size_given else ''}+ {RESERVED_CONNECTIONS} reserved for the release phase "
+            f"and heroku run = {needed} > DATABASE_MAX_CONNECTIONS={limit}; {advice}, "
+            "or set DATABASE_MAX_CONNECTIONS to the plan's limit if it is higher"
+        )
+    return msgspec.structs.replace(settings, database_pool_size=pool)
+
+
+_PASSWORD_PARAMETER = re.compile(r"([?&][^=&?]*password=)[^&]*", re.IGNORECASE)
+
+
 def mask_url_password(url: str) -> str:
-    """postgres://user:secret@host/db -> postgres://user:***@host/db"""
-    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
+    """postgres://user:secret@host/db?sslpassword=x -> postgres://user:***@host/db?sslpassword=***
+
+    Errs towards masking too much: the userinfo ends at the last "@" before the query (or anywhere,
+    when a stray "?" sits inside an unencoded password).
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return _PASSWORD_PARAMETER.sub(r"\1***", url)
+    head = rest.split("?", 1)[0]
+    at = head.rfind("@") if "@" in head else rest.rfind("@")
+    if at > 0 and ":" in rest[:at]:
+        rest = rest[:at].split(":", 1)[0] + ":***" + rest[at:]
+    return scheme + separator + _PASSWORD_PARAMETER.sub(r"\1***", rest)

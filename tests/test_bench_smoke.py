@@ -26,6 +26,21 @@ def test_bench_smoke_run_writes_the_report_and_charts(tmp_path: Path) -> None:
     for scenario in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."):
         assert scenario in report
     assert "| Scenario | Measure | Measured | Goal | Met |" in report
-    for chart in ("throughput.png", "latency.png"):
+    for chart in ("throughput.png", "latency.png", "goals.png"):
         assert (tmp_path / chart).read_bytes().startswith(b"\x89PNG")
     assert "goal >=" in done.stdout and "report:" in done.stdout
+
+
+def test_charts_redraw_from_the_committed_report(tmp_path: Path) -> None:
+    """`python -m bench.report` reads back every contender and goal report.md recorded and draws its charts."""
+    from bench.report import outcomes_from_report
+
+    outcomes = outcomes_from_report((ROOT / "bench" / "results" / "report.md").read_text())
+    assert [o.title.split(".")[0] for o in outcomes] == ["1", "2", "3", "4", "5", "6"]
+    assert sum(len(o.goals) for o in outcomes) == 9
+    assert outcomes[2].series["Flask + gunicorn (4 sync workers)"].rps == 24
+    done = subprocess.run([sys.executable, "-m", "bench.report", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for chart in ("throughput.png", "latency.png", "goals.png"):
+        assert (tmp_path / chart).read_bytes().startswith(b"\x89PNG")

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from service.settings import DEFAULT_DATABASE_URL, Settings, SettingsError, load_settings
+from service.settings import DEFAULT_DATABASE_URL, Settings, SettingsError, load_settings, mask_url_password
+from tests.server import free_port
 
 
 def test_defaults_when_nothing_is_set() -> None:
@@ -41,6 +42,12 @@ def test_defaults_when_nothing_is_set() -> None:
         ("DATABASE_URL", "postgres://u:p@db.example:5432/site", "database_url", "postgres://u:p@db.example:5432/site"),
         ("ADMIN_TOKEN", "s3cret-admin-token-0123", "admin_token", "s3cret-admin-token-0123"),
         ("DATABASE_POOL_SIZE", "12", "database_pool_size", 12),
+        ("WEB_DYNOS", "2", "web_dynos", 2),
+        ("DATABASE_MAX_CONNECTIONS", "120", "database_max_connections", 120),
+        ("ALLOW_EPHEMERAL_DATABASE", "true", "allow_ephemeral_database", True),
+        ("GITHUB_WEBHOOK_SECRET", "whsec-0123456789abcdef", "github_webhook_secret", "whsec-0123456789abcdef"),
+        ("METRICS_TOKEN", "metrics-0123456789abcdef", "metrics_token", "metrics-0123456789abcdef"),
+        ("GITHUB_TOKEN", "github_pat_11ABC_x~!#$%&'*+-.^`|", "github_token", "github_pat_11ABC_x~!#$%&'*+-.^`|"),
     ],
 )
 def test_good_value_is_used(name: str, value: str, attribute: str, expected: object) -> None:
@@ -70,6 +77,18 @@ def test_good_value_is_used(name: str, value: str, attribute: str, expected: obj
         ("ADMIN_TOKEN", "short"),
         ("DATABASE_POOL_SIZE", "0"),
         ("DATABASE_POOL_SIZE", "41"),
+        ("WEB_DYNOS", "0"),
+        ("DATABASE_MAX_CONNECTIONS", "0"),
+        ("ALLOW_EPHEMERAL_DATABASE", "perhaps"),
+        # What an HTTP header can carry: visible ASCII, no spaces, no control characters.
+        ("GITHUB_TOKEN", "ghp_tökén0123456789"),
+        ("GITHUB_TOKEN", "ghp_two words"),
+        ("GITHUB_TOKEN", "ghp_line\nbreak"),
+        ("ADMIN_TOKEN", "admin-tökén-0123456789"),
+        ("ADMIN_TOKEN", "admin token 0123456789"),
+        ("METRICS_TOKEN", "metrics-tökén-0123456789"),
+        ("METRICS_TOKEN", "short"),
+        ("GITHUB_WEBHOOK_SECRET", "short"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
@@ -91,26 +110,62 @@ def test_secret_values_never_appear_in_errors() -> None:
     assert "tiny" not in str(caught.value)
 
 
+# A database password in a URL the service cannot use, each for a different reason: not a supported
+# scheme, a broken percent-escape libpq refuses, an IPv6 host missing its closing bracket.
+BAD_DATABASE_URLS = ["mysql://u:S3cretPw@h/db", "postgresql://u:S3cret%zzPw@h/db", "postgresql://u:S3cretPw@[::1/db"]
+
+
+@pytest.mark.parametrize("url", BAD_DATABASE_URLS)
+def test_bad_database_url_is_one_line_with_its_password_masked(url: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"DATABASE_URL": url})
+    message = str(caught.value)
+    assert message.startswith("invalid DATABASE_URL=") and "\n" not in message
+    assert "S3cret" not in message and "u:***@" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgres://user:dbpass@host:5432/db", "postgres://user:***@host:5432/db"),
+        ("postgres://user@host/db", "postgres://user@host/db"),
+        ("postgres://host/db?password=dbpass&sslmode=require", "postgres://host/db?password=***&sslmode=require"),
+        ("postgres://u@host/db?sslmode=require&PASSWORD=dbpass", "postgres://u@host/db?sslmode=require&PASSWORD=***"),
+        ("postgres://host/db?sslpassword=dbpass", "postgres://host/db?sslpassword=***"),
+        ("postgres://u:db@pass@host/db", "postgres://u:***@host/db"),  # an unencoded @ in the password
+        ("postgres://u:db?pass@host/db", "postgres://u:***@host/db"),  # an unencoded ? in the password
+        ("postgresql://u:dbpass@[::1/db", "postgresql://u:***@[::1/db"),
+        ("sqlite:///data/service.db", "sqlite:///data/service.db"),
+    ],
+)
+def test_mask_url_password_hides_every_form_of_password(url: str, masked: str) -> None:
+    assert mask_url_password(url) == masked
+
+
 def test_public_view_masks_secrets_and_database_password() -> None:
     s = load_settings(
         {
             "GITHUB_TOKEN": "ghp_very_secret",
             "ADMIN_TOKEN": "admin-secret-0123456789",
             "DATABASE_URL": "postgres://user:dbpass@host:5432/db",
+            "GITHUB_API_URL": "https://proxy:proxypass@ghe.example/api/v3",
         }
     )
     view = s.public_view()
     text = repr(view)
-    for secret in ("ghp_very_secret", "admin-secret-0123456789", "dbpass"):
+    for secret in ("ghp_very_secret", "admin-secret-0123456789", "dbpass", "proxypass"):
         assert secret not in text
     assert view["GITHUB_TOKEN"] == "***" and view["ADMIN_TOKEN"] == "***"
     assert view["DATABASE_URL"] == "postgres://user:***@host:5432/db"
+    assert view["GITHUB_API_URL"] == "https://proxy:***@ghe.example/api/v3"
 
 
 def _run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in Settings.__struct_encode_fields__}
+    """`python -m service ARGS` with only `env` configured (loopback, a free port, in case it serves)."""
+    clean = {k: v for k, v in os.environ.items() if k not in Settings.__struct_encode_fields__ and k != "DYNO"}
+    loopback = {"HOST": "127.0.0.1", "PORT": str(free_port())}
     return subprocess.run(
-        [sys.executable, "-m", "service", *args], env={**clean, **env}, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "service", *args], env={**clean, **loopback, **env}, capture_output=True, text=True, timeout=60
     )
 
 
@@ -139,3 +194,31 @@ def test_uvicorn_import_of_app_fails_with_the_same_line() -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip() == "configuration error: invalid PORT='-1': expected int >= 1; expected an integer from 1 to 65535"
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate", "check-config"])
+@pytest.mark.parametrize("url", BAD_DATABASE_URLS)
+def test_bad_database_url_stops_every_command_without_printing_the_password(command: str, url: str) -> None:
+    done = _run_cli(command, DATABASE_URL=url)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-2000:]
+    assert "S3cret" not in output
+    assert done.stdout == "" and done.stderr.count("\n") == 1 and "Traceback" not in output
+    assert done.stderr.startswith("configuration error: invalid DATABASE_URL='") and "u:***@" in done.stderr
+
+
+def test_check_config_masks_a_password_given_as_a_query_parameter() -> None:
+    done = _run_cli("check-config", DATABASE_URL="postgresql://u@db.example/site?password=S3cretPw&sslmode=require")
+    assert done.returncode == 0, done.stderr
+    assert "S3cretPw" not in done.stdout + done.stderr
+    assert '"DATABASE_URL": "postgresql://u@db.example/site?password=***&sslmode=require"' in done.stdout
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_a_github_token_no_http_header_can_carry_stops_start_up_with_one_line(command: str) -> None:
+    done = _run_cli(command, GITHUB_OWNER="octo-dev", GITHUB_TOKEN="ghp_tökén_S3cret")
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-2000:]
+    assert done.stdout == "" and "Traceback" not in output and "S3cret" not in output
+    assert done.stderr.startswith("configuration error: invalid GITHUB_TOKEN=***: ") and done.stderr.count("\n") == 1
+    assert "visible ASCII" in done.stderr
