@@ -55,8 +55,8 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
         for name in SECRETS:
             if view.get(name) is not None:
                 view[name] = "***"
-        for name in ("DATABASE_URL", "GITHUB_API_URL"):
-            view[name] = mask_url_password(view[name])
+        view["DATABASE_URL"] = mask_url_password(self.database_url)
+        view["GITHUB_API_URL"] = mask_url_password(self.github_api_url)
         return view
 
 
