@@ -12,8 +12,7 @@ import pytest
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import running
-from tests.test_errors import assert_problem
+from tests.support import assert_problem, running
 
 pytestmark = pytest.mark.anyio
 

@@ -16,9 +16,8 @@ import pytest
 from service.app import create_app
 from service.github.client import UNLISTED_LOOKUP_BURST, TokenBucket
 from service.settings import Settings
-from tests.conftest import running
 from tests.github_standin import GitHubStandIn, Reply
-from tests.test_errors import assert_problem
+from tests.support import assert_problem, running
 
 pytestmark = pytest.mark.anyio
 

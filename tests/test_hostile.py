@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.github_standin import GitHubStandIn
-from tests.server import procfile_server
+from tests.support import procfile_server
 
 TOKEN = "hostile-admin-token-0123456789"
 REQUEST_TIMEOUT = 2.0

@@ -15,9 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import reset_postgres
 from tests.github_standin import GitHubStandIn
-from tests.server import procfile_server
+from tests.support import procfile_server, reset_postgres
 
 TOKEN = "lifecycle-admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

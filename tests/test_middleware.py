@@ -15,9 +15,7 @@ from starlette.routing import Route
 
 from service.app import create_app
 from service.middleware import RequestContextMiddleware
-from tests.conftest import running
-from tests.server import ROOT
-from tests.test_errors import app_with_test_routes, assert_problem
+from tests.support import ROOT, app_with_test_routes, assert_problem, running
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.github_standin import GitHubStandIn
-from tests.server import ROOT, procfile_server
+from tests.support import ROOT, procfile_server
 
 TOTAL = 200_000
 ROUND_SECONDS = 10
