@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from starlette.types import Receive, Scope, Send
+
 _ROOT = Path(__file__).resolve().parent.parent
 _SHARED = _ROOT.parent / "shared" / "fixtures" / "github"
 sys.path.insert(0, str(_SHARED if (_SHARED / "make_repos.py").exists() else _ROOT / "tests" / "fixtures"))
@@ -35,7 +37,7 @@ _ETAGS = {id(b): _etag(b) for b in (_LIST, _PROFILE, *_BY_NAME.values())}
 calls = 0
 
 
-async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
     global calls
     if scope["type"] != "http":
         return
