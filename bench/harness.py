@@ -94,7 +94,7 @@ class Server:
 
     def rss_kib(self) -> int:
         text = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+) kB", text)[1])  # type: ignore[index]
+        return int(re.search(r"VmRSS:\s+(\d+) kB", text)[1])
 
 
 @contextlib.contextmanager
@@ -109,7 +109,7 @@ def server(name: str, argv: list[str], env: dict[str, str], *, cpu: str = SERVER
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"{name} exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                raise RuntimeError(f"{name} exited: {process.stderr.read().decode()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 httpx.get(url + ready_path, timeout=2)
                 break
@@ -149,11 +149,11 @@ def wrk(url: str, *, connections: int, seconds: float, script: Path | None = Non
     out = done.stdout
     if done.returncode != 0 or "Requests/sec" not in out:
         raise RuntimeError(f"wrk failed: {out}{done.stderr}")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
     # Anchored: "95.50%" in the thread-stats line must not pass for the 50th percentile.
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE)[1])  # type: ignore[index]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE)[1])  # type: ignore[index]
-    requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE)[1])
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE)[1])
+    requests = int(re.search(r"(\d+) requests in", out)[1])
     non_2xx = int(m[1]) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     return Measurement(rps, p50, p99, requests, non_2xx, errors)
@@ -188,7 +188,7 @@ def machine() -> dict[str, str]:
                 break
     mem = "unknown"
     with contextlib.suppress(OSError, TypeError):
-        kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())[1])  # type: ignore[index]
+        kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())[1])
         mem = f"{kib // 1024 // 1024} GiB"
     from importlib.metadata import version
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import tempfile
 import time
 import timeit
@@ -77,7 +78,7 @@ def _peer_env(env: dict[str, object], **extra: str) -> dict[str, str]:
 
 def health_and_cache_hit(env: dict[str, object], profile: Profile) -> list[Outcome]:
     """Scenarios 1 and 2: /health with all middleware, and a cached /github/repos, against the peers."""
-    ours_env = dict(env["ours_env"])  # type: ignore[call-overload]
+    ours_env = dict(env["ours_env"])
     with (
         server("ours", uvicorn("service.app:app"), ours_env) as ours,
         server("raw", uvicorn("bench.peers.raw_asgi:app"), {}) as raw,
@@ -136,7 +137,7 @@ end
 
 def cache_disabled(env: dict[str, object], profile: Profile) -> list[Outcome]:
     """Scenario 3: every request must wait on a 100 ms upstream; 64 connections."""
-    ours_env = {**env["ours_env"], "GITHUB_CACHE_TTL": "0"}  # type: ignore[dict-item]
+    ours_env = {**env["ours_env"], "GITHUB_CACHE_TTL": "0"}
     upstream = env["upstream"]
     with (
         server("ours", uvicorn("service.app:app"), ours_env) as ours,
@@ -169,7 +170,7 @@ def cache_disabled(env: dict[str, object], profile: Profile) -> list[Outcome]:
 
 
 def _upstream_calls(upstream: object) -> int:
-    return int(httpx.get(f"{upstream.url}/_calls").text)  # type: ignore[attr-defined]
+    return int(httpx.get(f"{upstream.url}/_calls").text)
 
 
 SLOW_READERS_LUA = """
@@ -187,7 +188,7 @@ def event_loop_never_blocked(env: dict[str, object], profile: Profile) -> list[O
     for label, app in (("this service", "service.app:app"), ("store read inside async def (bench-only variant)",
                                                               "bench.variants:blocking_app")):  # fmt: skip
         argv = uvicorn(app) + (["--factory"] if "variants" in app else [])
-        with server(label, argv, dict(env["ours_env"])) as target:  # type: ignore[call-overload]
+        with server(label, argv, dict(env["ours_env"])) as target:
             idle = Series(f"{label}: /health idle")
             loaded = Series(f"{label}: /health with 32 readers")
             for _ in range(profile.rounds):
@@ -212,9 +213,7 @@ def event_loop_never_blocked(env: dict[str, object], profile: Profile) -> list[O
     )]
 
 
-def _background_wrk(url: str, script: Path, seconds: float):  # type: ignore[no-untyped-def]
-    import subprocess
-
+def _background_wrk(url: str, script: Path, seconds: float) -> subprocess.Popen[bytes]:
     argv = ["taskset", "-c", harness.LOAD_CPU, "wrk", "-t1", "-c32", f"-d{round(seconds)}s", "-s", str(script), url]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -253,7 +252,7 @@ def decoding(profile: Profile) -> list[Outcome]:
 def memory(env: dict[str, object], profile: Profile) -> list[Outcome]:
     """Scenario 6: RSS of one worker after 200,000 mixed requests."""
     script = ROOT / "tests" / "load" / "soak.lua"
-    with server("ours", uvicorn("service.app:app"), dict(env["ours_env"])) as ours:  # type: ignore[call-overload]
+    with server("ours", uvicorn("service.app:app"), dict(env["ours_env"])) as ours:
         httpx.get(f"{ours.url}/github/repos", timeout=10)
         start = ours.rss_kib()
         half = profile.memory_requests // 2

@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 
+from starlette.types import Receive, Scope, Send
+
 from tests.fixtures.make_repos import make
 
 OWNER = os.environ.get("BENCH_OWNER", "octo-dev")
@@ -36,7 +38,7 @@ _ETAGS = {id(b): _etag(b) for b in (_LIST, _PROFILE, *_BY_NAME.values())}
 calls = 0
 
 
-async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
     global calls
     if scope["type"] != "http":
         return

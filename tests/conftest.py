@@ -1,12 +1,11 @@
-"""Shared fixtures: settings for a throw-away app, and an in-process client that runs the app's lifespan."""
+"""Shared fixtures: settings for a throw-away app, an in-process client that runs the app's lifespan, the
+GitHub stand-in, PostgreSQL. Helpers that tests call directly live in tests/support.py."""
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 
 from service.app import create_app
 from service.settings import Settings, load_settings
 from tests.github_standin import GitHubStandIn
+from tests.support import ROOT, free_port, reset_postgres, running
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -47,15 +46,6 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     return make
 
 
-@contextlib.asynccontextmanager
-async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """Start the app's lifespan and talk to it through ASGI, as a server would."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
-
-
 @pytest.fixture
 async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
     async with running(create_app(make_settings())) as client:
@@ -71,9 +61,6 @@ def standin() -> Iterator[GitHubStandIn]:
 
 # -- PostgreSQL ------------------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL server for the session: TEST_DATABASE_URL if given, else a throw-away cluster started
@@ -86,13 +73,19 @@ def postgres_server() -> Iterator[str]:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true but no PostgreSQL server: the PostgreSQL tests must run in CI (.ci/postgres install)")
         pytest.skip("no PostgreSQL server installed and TEST_DATABASE_URL not set")
-    cluster = tempfile.mkdtemp(prefix="website-api-pg-")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     script = str(ROOT / ".ci" / "postgres")
-    env = {**os.environ, "PGPORT_TEST": str(port)}
-    started = subprocess.run(["bash", script, "start", cluster], env=env, capture_output=True, text=True, timeout=120)
+    for _ in range(3):  # the port is free when chosen; another process may take it before postgres binds
+        cluster = tempfile.mkdtemp(prefix="website-api-pg-")
+        env = {**os.environ, "PGPORT_TEST": str(free_port())}
+        started = subprocess.run(["bash", script, "start", cluster], env=env, capture_output=True, text=True, timeout=120)
+        if started.returncode == 0:
+            break
+        server_log = Path(cluster, "server.log")
+        port_taken = "Address already in use" in (server_log.read_text() if server_log.exists() else "")
+        subprocess.run(["bash", script, "stop", cluster], env=env, capture_output=True, timeout=60)
+        shutil.rmtree(cluster, ignore_errors=True)
+        if not port_taken:
+            break
     if started.returncode != 0:
         pytest.fail(f"could not start PostgreSQL: {started.stderr[-2000:]}")
     try:
@@ -100,16 +93,6 @@ def postgres_server() -> Iterator[str]:
     finally:
         subprocess.run(["bash", script, "stop", cluster], env=env, capture_output=True, timeout=60)
         shutil.rmtree(cluster, ignore_errors=True)
-
-
-def reset_postgres(url: str) -> str:
-    """An empty public schema, so each test starts from nothing and migrations run from scratch."""
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP SCHEMA public CASCADE")
-        conn.execute("CREATE SCHEMA public")
-    return url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

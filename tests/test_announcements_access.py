@@ -8,8 +8,8 @@ import pytest
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import running
-from tests.test_errors import assert_problem
+from tests.support import running
+from tests.support import assert_problem
 
 pytestmark = pytest.mark.anyio
 

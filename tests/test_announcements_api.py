@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import anyio
 import httpx
 import pytest
 
+from service.announcements.store import SqlStore
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import running
-from tests.test_errors import assert_problem
+from tests.support import assert_problem, eventually, running
 
 pytestmark = pytest.mark.anyio
 
 TOKEN = "admin-token-for-tests-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 POST = {"title": "New talk on Friday", "body": "About **async** Python.", "tags": ["talks"]}
+WRONG_CREDENTIALS = [{"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": f"Basic {TOKEN}"},
+                     {"Authorization": "Bearer"}, {"Authorization": f"Bearer {TOKEN}x"}]  # fmt: skip
+
+OpenApi = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
 @pytest.fixture
-def open_api(make_settings: Callable[..., Settings], database_url: str):  # type: ignore[no-untyped-def]
+def open_api(make_settings: Callable[..., Settings], database_url: str) -> OpenApi:
     @contextlib.asynccontextmanager
     async def open_client(**env: str) -> AsyncIterator[httpx.AsyncClient]:
         settings = make_settings(**{"ADMIN_TOKEN": TOKEN, "DATABASE_URL": database_url, **env})
@@ -42,7 +49,7 @@ def open_api(make_settings: Callable[..., Settings], database_url: str):  # type
 
 
 @pytest.fixture
-async def api(open_api) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
+async def api(open_api: OpenApi) -> AsyncIterator[httpx.AsyncClient]:
     async with open_api() as client:
         yield client
 
@@ -51,7 +58,7 @@ async def count_all(api: httpx.AsyncClient) -> int:
     return len((await api.get("/announcements?status=all&limit=100", headers=ADMIN)).json()["items"])
 
 
-async def test_publish_then_read_it_back(api) -> None:  # type: ignore[no-untyped-def]
+async def test_publish_then_read_it_back(api: httpx.AsyncClient) -> None:
     created = await api.post("/announcements", json=POST, headers=ADMIN)
     assert created.status_code == 201
     body = created.json()
@@ -64,7 +71,7 @@ async def test_publish_then_read_it_back(api) -> None:  # type: ignore[no-untype
     assert listed.json() == {"items": [body], "next_cursor": None}
 
 
-async def test_get_with_current_etag_is_304(api) -> None:  # type: ignore[no-untyped-def]
+async def test_get_with_current_etag_is_304(api: httpx.AsyncClient) -> None:
     created = await api.post("/announcements", json=POST, headers=ADMIN)
     again = await api.get(created.headers["location"], headers={"If-None-Match": created.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
@@ -75,7 +82,9 @@ async def test_get_with_current_etag_is_304(api) -> None:  # type: ignore[no-unt
     [({}, 401), ({"Authorization": "Bearer wrong-token-wrong-token"}, 401), ({"Authorization": f"Basic {TOKEN}"}, 401),
      ({"Authorization": "Bearer"}, 401)],
 )  # fmt: skip
-async def test_writes_without_the_right_token_are_401_and_write_nothing(api, headers, status) -> None:  # type: ignore[no-untyped-def]
+async def test_writes_without_the_right_token_are_401_and_write_nothing(
+    api: httpx.AsyncClient, headers: dict[str, str], status: int
+) -> None:
     existing = (await api.post("/announcements", json=POST, headers=ADMIN)).json()["id"]
     responses = [
         await api.post("/announcements", json=POST, headers=headers),
@@ -90,7 +99,22 @@ async def test_writes_without_the_right_token_are_401_and_write_nothing(api, hea
     assert (await api.get(f"/announcements/{existing}", headers=ADMIN)).json()["title"] == POST["title"]
 
 
-async def test_writes_are_disabled_without_admin_token(make_settings) -> None:  # type: ignore[no-untyped-def]
+# Basic credentials are not an admin attempt on a public read (tests/test_announcements_access.py).
+WRONG_BEARER = [h for h in WRONG_CREDENTIALS if h["Authorization"].startswith("Bearer")]
+
+
+@pytest.mark.parametrize("headers", WRONG_BEARER, ids=["wrong-token", "no-token", "one-char-more"])
+async def test_reading_one_with_a_wrong_token_is_401_not_anonymous(api: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    published = (await api.post("/announcements", json=POST, headers=ADMIN)).json()
+    scheduled = (await api.post("/announcements", json={**POST, "published_at": "2099-01-01T00:00:00Z"}, headers=ADMIN)).json()
+    for item in (published, scheduled):
+        response = await api.get(f"/announcements/{item['id']}", headers=headers)
+        assert_problem(response, 401)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    assert (await api.get(f"/announcements/{published['id']}")).status_code == 200  # no token at all: public
+
+
+async def test_writes_are_disabled_without_admin_token(make_settings: Callable[..., Settings]) -> None:
     async with running(create_app(make_settings())) as client:
         response = await client.post("/announcements", json=POST, headers=ADMIN)
         listed = await client.get("/announcements")
@@ -107,13 +131,15 @@ async def test_writes_are_disabled_without_admin_token(make_settings) -> None:  
         (b'{"title": "x", "body": "y"}', "application/x-www-form-urlencoded", 415),
     ],
 )
-async def test_malformed_or_wrong_type_body_writes_nothing(api, content, content_type, status) -> None:  # type: ignore[no-untyped-def]
+async def test_malformed_or_wrong_type_body_writes_nothing(
+    api: httpx.AsyncClient, content: bytes, content_type: str, status: int
+) -> None:
     response = await api.post("/announcements", content=content, headers={**ADMIN, "content-type": content_type})
     assert_problem(response, status)
     assert await count_all(api) == 0
 
 
-async def test_invalid_fields_are_all_named_in_one_422(api) -> None:  # type: ignore[no-untyped-def]
+async def test_invalid_fields_are_all_named_in_one_422(api: httpx.AsyncClient) -> None:
     bad = {
         "title": "",
         "body": "x" * 20_001,
@@ -135,13 +161,13 @@ async def test_invalid_fields_are_all_named_in_one_422(api) -> None:  # type: ig
      ({"title": "t", "body": "x", "published_at": "2026-11-23T10:00:00Z", "expires_at": "2026-11-23T09:00:00Z"}, "expires_at"),
      ({"title": "t", "body": "x", "published_at": "9999-12-31T23:00:00-05:00"}, "published_at"), ({"body": "x"}, "title")],
 )  # fmt: skip
-async def test_constraint_violations_name_the_field(api, body, field) -> None:  # type: ignore[no-untyped-def]
+async def test_constraint_violations_name_the_field(api: httpx.AsyncClient, body: dict[str, Any], field: str) -> None:
     problem = assert_problem(await api.post("/announcements", json=body, headers=ADMIN), 422)
     assert [e["field"] for e in problem["errors"]] == [field]
     assert await count_all(api) == 0
 
 
-async def test_body_over_max_body_bytes_is_413(open_api) -> None:  # type: ignore[no-untyped-def]
+async def test_body_over_max_body_bytes_is_413(open_api: OpenApi) -> None:
     async with open_api(MAX_BODY_BYTES="1000") as api:
         response = await api.post("/announcements", json={**POST, "body": "x" * 2000}, headers=ADMIN)
         assert_problem(response, 413)
@@ -150,13 +176,13 @@ async def test_body_over_max_body_bytes_is_413(open_api) -> None:  # type: ignor
 
 @pytest.mark.parametrize("path", ["/announcements/abc", "/announcements/-1", "/announcements/0", "/announcements/1.5",
                                   "/announcements/99999999999999999999999", "/announcements/12345"])  # fmt: skip
-async def test_non_integer_or_unknown_id_is_404(api, path) -> None:  # type: ignore[no-untyped-def]
+async def test_non_integer_or_unknown_id_is_404(api: httpx.AsyncClient, path: str) -> None:
     for response in (await api.get(path), await api.patch(path, json={"pinned": True}, headers=ADMIN),
                      await api.delete(path, headers=ADMIN)):  # fmt: skip
         assert_problem(response, 404)
 
 
-async def test_scheduled_and_expired_are_hidden_from_the_public_but_not_the_admin(api) -> None:  # type: ignore[no-untyped-def]
+async def test_scheduled_and_expired_are_hidden_from_the_public_but_not_the_admin(api: httpx.AsyncClient) -> None:
     scheduled = (await api.post("/announcements", json={**POST, "published_at": "2099-01-01T00:00:00Z"}, headers=ADMIN)).json()
     expired = (await api.post("/announcements", json={**POST, "published_at": "2020-01-01T00:00:00Z",
                                                       "expires_at": "2020-02-01T00:00:00Z"}, headers=ADMIN)).json()  # fmt: skip
@@ -168,7 +194,7 @@ async def test_scheduled_and_expired_are_hidden_from_the_public_but_not_the_admi
     assert len((await api.get("/announcements?status=all", headers=ADMIN)).json()["items"]) == 2
 
 
-async def test_list_pages_with_cursor_and_filters_by_tag(api) -> None:  # type: ignore[no-untyped-def]
+async def test_list_pages_with_cursor_and_filters_by_tag(api: httpx.AsyncClient) -> None:
     for i in range(7):
         await api.post("/announcements", json={**POST, "title": f"n{i}", "tags": ["odd" if i % 2 else "even"],
                                                "published_at": f"2026-01-0{i + 1}T00:00:00Z"}, headers=ADMIN)  # fmt: skip
@@ -185,7 +211,7 @@ async def test_list_pages_with_cursor_and_filters_by_tag(api) -> None:  # type: 
     assert_problem(await api.get("/announcements?status=drafts", headers=ADMIN), 422)
 
 
-async def test_patch_with_if_match_stops_lost_updates(api) -> None:  # type: ignore[no-untyped-def]
+async def test_patch_with_if_match_stops_lost_updates(api: httpx.AsyncClient) -> None:
     created = await api.post("/announcements", json=POST, headers=ADMIN)
     location, etag = created.headers["location"], created.headers["etag"]
     first = await api.patch(location, json={"title": "Editor one"}, headers={**ADMIN, "If-Match": etag})
@@ -198,14 +224,32 @@ async def test_patch_with_if_match_stops_lost_updates(api) -> None:  # type: ign
     assert merge.status_code == 200 and merge.json()["pinned"] is True
 
 
-async def test_invalid_patch_changes_nothing(api) -> None:  # type: ignore[no-untyped-def]
+async def test_if_match_star_matches_any_current_version(api: httpx.AsyncClient) -> None:
+    location = (await api.post("/announcements", json=POST, headers=ADMIN)).headers["location"]
+    patched = await api.patch(location, json={"title": "Star"}, headers={**ADMIN, "If-Match": "*"})
+    assert patched.status_code == 200 and patched.json()["title"] == "Star"
+    deleted = await api.delete(location, headers={**ADMIN, "If-Match": "*"})
+    assert deleted.status_code == 204
+    assert_problem(await api.patch(location, json={"title": "x"}, headers={**ADMIN, "If-Match": "*"}), 404)
+
+
+async def test_if_match_takes_a_list_and_compares_strongly(api: httpx.AsyncClient) -> None:
+    created = await api.post("/announcements", json=POST, headers=ADMIN)
+    location, etag = created.headers["location"], created.headers["etag"]
+    weak = await api.patch(location, json={"title": "Weak"}, headers={**ADMIN, "If-Match": f"W/{etag}"})
+    assert_problem(weak, 412)  # RFC 9110 §13.1.1: If-Match uses the strong comparison, a weak tag never matches
+    listed = await api.patch(location, json={"title": "Listed"}, headers={**ADMIN, "If-Match": f'"0-0", {etag}'})
+    assert listed.status_code == 200 and listed.json()["title"] == "Listed"
+
+
+async def test_invalid_patch_changes_nothing(api: httpx.AsyncClient) -> None:
     created = (await api.post("/announcements", json=POST, headers=ADMIN)).json()
     for body in ({"title": None}, {"expires_at": "2000-01-01T00:00:00Z"}, {"nope": 1}, {"tags": "talks"}):
         assert_problem(await api.patch(f"/announcements/{created['id']}", json=body, headers=ADMIN), 422)
     assert (await api.get(f"/announcements/{created['id']}")).json() == created
 
 
-async def test_delete_then_gone(api) -> None:  # type: ignore[no-untyped-def]
+async def test_delete_then_gone(api: httpx.AsyncClient) -> None:
     location = (await api.post("/announcements", json=POST, headers=ADMIN)).headers["location"]
     stale = await api.delete(location, headers={**ADMIN, "If-Match": '"0-0"'})
     assert_problem(stale, 412)
@@ -215,47 +259,46 @@ async def test_delete_then_gone(api) -> None:  # type: ignore[no-untyped-def]
     assert_problem(await api.delete(location, headers=ADMIN), 404)
 
 
-async def test_slow_store_read_does_not_delay_health(api) -> None:  # type: ignore[no-untyped-def]
-    store = api._transport.app.state.announcements.store  # type: ignore[attr-defined]
-    original = store.list
+async def test_slow_store_read_does_not_delay_health(api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    held: list[bool] = []
+    original = SqlStore.list
 
-    def slow_list(**kwargs):  # type: ignore[no-untyped-def]
-        time.sleep(1.0)  # blocking, as a slow query would be: only harmless off the event loop
-        return original(**kwargs)
+    def held_list(self: SqlStore, **kwargs: Any) -> Any:
+        held.append(True)
+        release.wait(timeout=5)  # blocking, as a slow query would be: only harmless off the event loop
+        return original(self, **kwargs)
 
-    store.list = slow_list
-    started = time.perf_counter()
-    reads_done: list[float] = []
-    health_done: list[float] = []
+    monkeypatch.setattr(SqlStore, "list", held_list)
+    reads_done: list[int] = []
 
     async def read() -> None:
         assert (await api.get("/announcements")).status_code == 200
-        reads_done.append(time.perf_counter() - started)
-
-    async def probe() -> None:
-        await anyio.sleep(0.1)  # the reads are under way
-        for _ in range(5):
-            assert (await api.get("/health")).status_code == 200
-            health_done.append(time.perf_counter() - started)
+        reads_done.append(1)
 
     async with anyio.create_task_group() as group:
-        for _ in range(8):
+        for _ in range(8):  # more than the pool's 5 connections: some wait for one
             group.start_soon(read)
-        group.start_soon(probe)
-    # Every probe is answered while the slow reads are still running, not after them.
-    assert max(health_done) < 0.6 < min(reads_done), (health_done, reads_done)
+        await eventually(lambda: held, what="a read to reach the database")
+        for _ in range(5):
+            assert (await api.get("/health")).status_code == 200
+        # Every probe was answered while the reads were still held in the database, not after them.
+        assert reads_done == [], "/health waited for the slow reads"
+        release.set()
+    assert len(reads_done) == 8
 
 
-async def test_unreachable_database_is_503_while_other_endpoints_work(make_settings) -> None:  # type: ignore[no-untyped-def]
+async def test_unreachable_database_is_503_while_other_endpoints_work(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(ADMIN_TOKEN=TOKEN, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none?sslmode=disable&connect_timeout=1")
     async with running(create_app(settings)) as client:
         listed = await client.get("/announcements")
         health = await client.get("/health")
-        probe_started = time.perf_counter()
+        probe_started = time.monotonic()
         ready = await client.get("/health/ready")
-        probe_seconds = time.perf_counter() - probe_started
+        probe_seconds = time.monotonic() - probe_started
     problem = assert_problem(listed, 503)
     assert problem["title"] == "Database unavailable" and listed.headers["retry-after"] == "5"
     assert health.status_code == 200
     assert ready.status_code == 503 and ready.json()["checks"]["database"]["status"] == "failing"
-    assert probe_seconds < 2, "a readiness probe must not wait out the 5 s pool timeout"
+    # A deadline, not a speed: the probe gives up after 1 s, while a request waits up to 5 s for a connection.
+    assert probe_seconds < 5, "a readiness probe must not wait out the 5 s pool timeout"

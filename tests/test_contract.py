@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from datetime import UTC, datetime
 from collections.abc import Callable
-from pathlib import Path
 
 import hypothesis
 import pytest
 import schemathesis
+from starlette.applications import Starlette
 from starlette.endpoints import HTTPEndpoint
 from starlette.routing import Route
 
@@ -18,37 +17,18 @@ from service.app import create_app
 from service.docs import load_spec, spec_path
 from service.settings import Settings
 from tests.github_standin import GitHubStandIn
+from tests.support import CONTRACT_ADMIN_TOKEN, contract_config
 
-ROOT = Path(__file__).resolve().parent.parent
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-ADMIN_TOKEN = "contract-admin-token-0123456789"
 
 
-def contract_config(max_examples: int = 40, admin_token: str = ADMIN_TOKEN) -> schemathesis.Config:
-    """schemathesis.toml (shared with the CLI), plus what only the in-process run sets."""
-    config = tomllib.loads((ROOT / "schemathesis.toml").read_text())
-    config.update(
-        {
-            "generation": {"deterministic": True, "max-examples": max_examples},
-            "phases": {
-                "examples": {"enabled": True},
-                "coverage": {"enabled": True},
-                "fuzzing": {"enabled": True},
-                "stateful": {"enabled": True},
-            },
-            "auth": {"openapi": {"adminToken": {"bearer": admin_token}}},
-        }
-    )
-    return schemathesis.Config.from_dict(config)
-
-
-def app_for_contract(make_settings: Callable[..., Settings], standin: GitHubStandIn):  # type: ignore[no-untyped-def]
-    settings = make_settings(GITHUB_OWNER=standin.owner, GITHUB_API_URL=standin.url, ADMIN_TOKEN=ADMIN_TOKEN)
+def app_for_contract(make_settings: Callable[..., Settings], standin: GitHubStandIn) -> Starlette:
+    settings = make_settings(GITHUB_OWNER=standin.owner, GITHUB_API_URL=standin.url, ADMIN_TOKEN=CONTRACT_ADMIN_TOKEN)
     return create_app(settings)
 
 
 @pytest.fixture
-def api_schema(make_settings: Callable[..., Settings], standin: GitHubStandIn):  # type: ignore[no-untyped-def]
+def api_schema(make_settings: Callable[..., Settings], standin: GitHubStandIn) -> schemathesis.BaseSchema:
     schema = schemathesis.openapi.from_path(str(spec_path()), config=contract_config())
     schema.app = app_for_contract(make_settings, standin)
     return schema
@@ -58,7 +38,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-def test_api_conforms_to_contract(case) -> None:  # type: ignore[no-untyped-def]
+def test_api_conforms_to_contract(case: schemathesis.Case) -> None:
     case.call_and_validate()
 
 
@@ -67,7 +47,7 @@ def test_stateful_links_create_read_update_delete(make_settings: Callable[..., S
     stateful = schemathesis.openapi.from_path(str(spec_path()), config=contract_config())
     stateful.app = app = app_for_contract(make_settings, standin)
 
-    class Workflow(stateful.as_state_machine()):  # type: ignore[misc]
+    class Workflow(stateful.as_state_machine()):
         def setup(self) -> None:
             """Every example starts from an empty store, so the same example draws the same way twice."""
             store = getattr(app.state, "announcements", None)

@@ -19,7 +19,7 @@ import pytest
 
 from service.announcements.models import NewAnnouncement
 from service.settings import RESERVED_CONNECTIONS, SECRETS, Settings, SettingsError, load_settings
-from tests.server import free_port
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 
+import httpx
 import pytest
 import yaml
 
@@ -10,19 +11,19 @@ from service.docs import spec_path
 pytestmark = pytest.mark.anyio
 
 
-async def test_openapi_yaml_is_served_byte_for_byte(client) -> None:  # type: ignore[no-untyped-def]
+async def test_openapi_yaml_is_served_byte_for_byte(client: httpx.AsyncClient) -> None:
     response = await client.get("/openapi.yaml")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/yaml")
     assert response.content == spec_path().read_bytes()
 
 
-async def test_openapi_json_is_the_same_document(client) -> None:  # type: ignore[no-untyped-def]
+async def test_openapi_json_is_the_same_document(client: httpx.AsyncClient) -> None:
     response = await client.get("/openapi.json")
     assert response.json() == yaml.safe_load(spec_path().read_bytes())
 
 
-async def test_docs_page_and_every_asset_it_references_are_served_locally(client) -> None:  # type: ignore[no-untyped-def]
+async def test_docs_page_and_every_asset_it_references_are_served_locally(client: httpx.AsyncClient) -> None:
     page = await client.get("/docs")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
@@ -39,7 +40,7 @@ async def test_docs_page_and_every_asset_it_references_are_served_locally(client
     assert b"SwaggerUIBundle" in bundle.content
 
 
-async def test_asset_revalidation_and_unknown_asset(client) -> None:  # type: ignore[no-untyped-def]
+async def test_asset_revalidation_and_unknown_asset(client: httpx.AsyncClient) -> None:
     first = await client.get("/docs/swagger-ui.css")
     again = await client.get("/docs/swagger-ui.css", headers={"If-None-Match": first.headers["etag"]})
     assert again.status_code == 304 and again.content == b""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.docs import load_spec
-from tests.server import procfile_server
+from tests.support import procfile_server
 
 
 def test_docs_page_lists_every_operation_in_a_real_browser(tmp_path: Path) -> None:

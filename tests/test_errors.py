@@ -1,73 +1,36 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
 
-import msgspec
+import httpx
 import pytest
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from service.app import create_app
-from service.json_body import read_json
 from service.settings import Settings
-from tests.conftest import running
+from tests.support import app_with_test_routes, assert_problem, running
 
 pytestmark = pytest.mark.anyio
 
 
-class Note(msgspec.Struct, forbid_unknown_fields=True):
-    title: Annotated[str, msgspec.Meta(min_length=1, max_length=10)]
-    count: int = 0
-    tags: list[Annotated[str, msgspec.Meta(pattern="^[a-z]+$")]] = []
-
-
-_note_decoder = msgspec.json.Decoder(Note)
-
-
-async def echo_note(request: Request) -> Response:
-    note = await read_json(request, _note_decoder)
-    return Response(msgspec.json.encode(note), media_type="application/json")
-
-
-async def boom(request: Request) -> Response:
-    raise RuntimeError("database password is hunter2")
-
-
-def app_with_test_routes(settings: Settings):  # type: ignore[no-untyped-def]
-    app = create_app(settings)
-    app.router.routes += [Route("/_test/notes", echo_note, methods=["POST"]), Route("/_test/boom", boom)]
-    return app
-
-
-def assert_problem(response, status: int) -> dict:  # type: ignore[no-untyped-def]
-    assert response.status_code == status
-    assert response.headers["content-type"] == "application/problem+json"
-    problem = response.json()
-    assert problem["status"] == status
-    assert {"type", "title", "status", "instance", "request_id"} <= problem.keys()
-    assert problem["request_id"] == response.headers["x-request-id"]
-    return problem
-
-
-async def test_unknown_path_is_404_problem(client) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_path_is_404_problem(client: httpx.AsyncClient) -> None:
     problem = assert_problem(await client.get("/nope"), 404)
     assert problem["type"] == "about:blank" and problem["title"] == "Not Found" and problem["instance"] == "/nope"
 
 
-async def test_wrong_method_is_405_problem_with_allow(client) -> None:  # type: ignore[no-untyped-def]
+async def test_wrong_method_is_405_problem_with_allow(client: httpx.AsyncClient) -> None:
     response = await client.delete("/health")
     assert_problem(response, 405)
     assert response.headers["allow"] == "GET, HEAD"
 
 
-async def test_unexpected_exception_is_generic_500_with_request_id(make_settings: Callable[..., Settings], caplog) -> None:  # type: ignore[no-untyped-def]
-    async with running(app_with_test_routes(make_settings())) as client:
-        # ServerErrorMiddleware re-raises after answering, so the server can log it; ASGITransport does too.
-        transport = client._transport
-        transport.raise_app_exceptions = False  # type: ignore[attr-defined]
-        response = await client.get("/_test/boom", headers={"X-Request-ID": "trace-me-1"})
+async def test_unexpected_exception_is_generic_500_with_request_id(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    app = app_with_test_routes(make_settings())
+    async with app.router.lifespan_context(app):
+        # ServerErrorMiddleware re-raises after answering, so the server can log it; ASGITransport would too.
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.get("/_test/boom", headers={"X-Request-ID": "trace-me-1"})
     problem = assert_problem(response, 500)
     assert "trace-me-1" in problem["detail"]
     assert "hunter2" not in response.text and "Traceback" not in response.text
@@ -93,14 +56,16 @@ async def test_unexpected_exception_is_generic_500_with_request_id(make_settings
     ],
     ids=lambda value: repr(value)[:40] if isinstance(value, bytes) else None,
 )
-async def test_bad_bodies_get_clear_problems(make_settings, body: bytes, content_type: str, status: int) -> None:  # type: ignore[no-untyped-def]
+async def test_bad_bodies_get_clear_problems(
+    make_settings: Callable[..., Settings], body: bytes, content_type: str, status: int
+) -> None:
     headers = {"content-type": content_type} if content_type else {}
     async with running(app_with_test_routes(make_settings())) as client:
         response = await client.post("/_test/notes", content=body, headers=headers)
     assert_problem(response, status)
 
 
-async def test_invalid_fields_are_all_listed_in_one_422(make_settings) -> None:  # type: ignore[no-untyped-def]
+async def test_invalid_fields_are_all_listed_in_one_422(make_settings: Callable[..., Settings]) -> None:
     body = {"title": "far too long a title", "count": "3", "tags": ["ok", "NO"], "colour": "red"}
     async with running(app_with_test_routes(make_settings())) as client:
         response = await client.post("/_test/notes", json=body)
@@ -111,7 +76,7 @@ async def test_invalid_fields_are_all_listed_in_one_422(make_settings) -> None: 
     assert "<= 10" in fields["title"]
 
 
-async def test_missing_required_field_and_non_object_body(make_settings) -> None:  # type: ignore[no-untyped-def]
+async def test_missing_required_field_and_non_object_body(make_settings: Callable[..., Settings]) -> None:
     async with running(app_with_test_routes(make_settings())) as client:
         missing = await client.post("/_test/notes", json={})
         array = await client.post("/_test/notes", json=[1, 2])
@@ -119,7 +84,7 @@ async def test_missing_required_field_and_non_object_body(make_settings) -> None
     assert assert_problem(array, 422)["errors"][0]["field"] == "$"
 
 
-async def test_valid_body_is_decoded(make_settings) -> None:  # type: ignore[no-untyped-def]
+async def test_valid_body_is_decoded(make_settings: Callable[..., Settings]) -> None:
     async with running(app_with_test_routes(make_settings())) as client:
         response = await client.post("/_test/notes", json={"title": "hi", "tags": ["a"]})
     assert response.status_code == 200 and response.json() == {"title": "hi", "count": 0, "tags": ["a"]}

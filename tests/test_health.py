@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from service.readiness import Check
@@ -7,7 +8,7 @@ from service.readiness import Check
 pytestmark = pytest.mark.anyio
 
 
-async def test_health_reports_api_name_and_major_version(client) -> None:  # type: ignore[no-untyped-def]
+async def test_health_reports_api_name_and_major_version(client: httpx.AsyncClient) -> None:
     response = await client.get("/health")
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
@@ -15,12 +16,12 @@ async def test_health_reports_api_name_and_major_version(client) -> None:  # typ
     assert response.headers["cache-control"] == "no-store"
 
 
-async def test_head_health_has_no_body(client) -> None:  # type: ignore[no-untyped-def]
+async def test_head_health_has_no_body(client: httpx.AsyncClient) -> None:
     response = await client.head("/health")
     assert response.status_code == 200 and response.content == b""
 
 
-async def test_ready_lists_each_dependency_and_fails_when_one_fails(client) -> None:  # type: ignore[no-untyped-def]
+async def test_ready_lists_each_dependency_and_fails_when_one_fails(client: httpx.AsyncClient) -> None:
     app = client._transport.app
 
     async def fine() -> Check:

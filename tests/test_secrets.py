@@ -13,14 +13,13 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
 from service.docs import load_spec, spec_path
 from service.settings import Settings
-from tests.conftest import running
 from tests.github_standin import GitHubStandIn, Reply
-from tests.server import procfile_server
-from tests.test_contract import contract_config
+from tests.support import contract_config, procfile_server, running
 
 pytestmark = pytest.mark.anyio
 
@@ -32,12 +31,12 @@ SECRETS = (GITHUB_TOKEN, ADMIN_TOKEN)
 class ResponseRecorder:
     """Pure ASGI: keeps every response's headers and body for inspection."""
 
-    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.seen: list[bytes] = []
 
-    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
-        async def record(message) -> None:  # type: ignore[no-untyped-def]
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def record(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self.seen.append(b"\n".join(k + b": " + v for k, v in message.get("headers", [])))
             elif message["type"] == "http.response.body":
@@ -65,7 +64,10 @@ def failing_github(path: str, headers: dict[str, str]) -> Reply | None:
 
 
 async def test_secrets_stay_out_of_responses_and_logs_in_process(
-    make_settings: Callable[..., Settings], standin: GitHubStandIn, caplog, capsys  # type: ignore[no-untyped-def]
+    make_settings: Callable[..., Settings],
+    standin: GitHubStandIn,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
     standin.scenario = failing_github
@@ -89,7 +91,12 @@ async def test_secrets_stay_out_of_responses_and_logs_in_process(
     assert any("401" in r.getMessage() for r in caplog.records), "the rejected GitHub token was logged (without itself)"
 
 
-def test_secrets_stay_out_during_the_contract_run(make_settings: Callable[..., Settings], standin: GitHubStandIn, caplog, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_secrets_stay_out_during_the_contract_run(
+    make_settings: Callable[..., Settings],
+    standin: GitHubStandIn,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     caplog.set_level(logging.DEBUG)
     settings = make_settings(GITHUB_OWNER=standin.owner, GITHUB_API_URL=standin.url, GITHUB_TOKEN=GITHUB_TOKEN,
                              ADMIN_TOKEN=ADMIN_TOKEN, ACCESS_LOG="true")  # fmt: skip

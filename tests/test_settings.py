@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from service.settings import DEFAULT_DATABASE_URL, Settings, SettingsError, load_settings, mask_url_password
-from tests.server import free_port
+from tests.support import free_port
 
 
 def test_defaults_when_nothing_is_set() -> None:

@@ -1,4 +1,7 @@
-"""200,000 mixed requests through a real server: no 5xx, memory and file descriptors flat."""
+"""200,000 mixed requests through a real server: no 5xx, no failed connection, no leaked file descriptor.
+
+Counts, not speeds: the test takes as long as the machine needs. How fast, and how memory grows over
+such a run, is measured by the benchmark (`python -m bench`, scenario 6), not asserted here."""
 
 from __future__ import annotations
 
@@ -6,23 +9,19 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.github_standin import GitHubStandIn
-from tests.server import ROOT, procfile_server
+from tests.support import ROOT, procfile_server, wait_until
 
 TOTAL = 200_000
 ROUND_SECONDS = 10
-MAX_ROUNDS = 30  # bounds the run at 5 minutes even on a slow machine
-
-
-def rss_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status)[1])  # type: ignore[index]
+# wrk counts a response slower than this as an error. REQUEST_TIMEOUT (10 s by default) is the promise;
+# this is a generous bound above it, not a latency goal.
+WRK_TIMEOUT = "30s"
 
 
 def open_fds(pid: int) -> int:
@@ -30,7 +29,7 @@ def open_fds(pid: int) -> int:
 
 
 @pytest.mark.slow
-def test_soak_200k_mixed_requests_no_5xx_flat_memory_and_fds(tmp_path: Path) -> None:
+def test_soak_200k_mixed_requests_no_5xx_no_errors_no_fd_leak(tmp_path: Path) -> None:
     wrk = shutil.which("wrk")
     if wrk is None:
         if os.environ.get("CI") == "true":
@@ -43,28 +42,26 @@ def test_soak_200k_mixed_requests_no_5xx_flat_memory_and_fds(tmp_path: Path) -> 
             headers = {"Authorization": "Bearer soak-admin-token-0123456789"}
             for i in range(5):
                 httpx.post(f"{url}/announcements", json={"title": f"a{i}", "body": "b"}, headers=headers).raise_for_status()
-            done = fives = errors = rounds = 0
-            halfway: tuple[int, int] | None = None
-            while done < TOTAL and rounds < MAX_ROUNDS:
+            done = fives = errors = 0
+            halfway_fds: int | None = None
+            while done < TOTAL:  # rounds of wrk until the count is reached, however many that takes
                 run = subprocess.run(
-                    [wrk, "-t1", "-c32", f"-d{ROUND_SECONDS}s", "-s", str(ROOT / "tests" / "load" / "soak.lua"), url],
-                    capture_output=True, text=True, timeout=ROUND_SECONDS + 30,
+                    [wrk, "-t1", "-c32", f"-d{ROUND_SECONDS}s", "--timeout", WRK_TIMEOUT,
+                     "-s", str(ROOT / "tests" / "load" / "soak.lua"), url],
+                    capture_output=True, text=True, timeout=ROUND_SECONDS + 60,
                 )  # fmt: skip
                 totals = re.search(r"SOAK fives=(\d+) responses=(\d+) errors=(\d+)", run.stdout)
                 assert totals, run.stdout + run.stderr
+                assert int(totals[2]) > 0, f"the server stopped answering: {run.stdout}"
                 fives += int(totals[1])
                 done += int(totals[2])
                 errors += int(totals[3])
-                rounds += 1
-                if halfway is None and done >= TOTAL // 2:
-                    halfway = (rss_kib(process.pid), open_fds(process.pid))
-            time.sleep(0.5)  # let closed connections settle
-            end = (rss_kib(process.pid), open_fds(process.pid))
+                if halfway_fds is None and done >= TOTAL // 2:
+                    halfway_fds = open_fds(process.pid)
+            assert halfway_fds is not None
+            # wrk's connections close as it exits; the server's side of them closes soon after.
+            wait_until(lambda: open_fds(process.pid) <= halfway_fds + 2, timeout=30, what="file descriptors to be released")
+            end_fds = open_fds(process.pid)
         assert len(github.calls) <= 4, "repositories were served from the cache"
-    assert done >= TOTAL, f"only {done} requests in {rounds} rounds"
+    print(f"soak: {done} requests, fds {halfway_fds} -> {end_fds}")
     assert fives == 0 and errors == 0
-    assert halfway is not None
-    growth_kib = end[0] - halfway[0]
-    print(f"soak: {done} requests, RSS {halfway[0]} -> {end[0]} KiB, fds {halfway[1]} -> {end[1]}")
-    assert growth_kib <= 2048, f"RSS grew {growth_kib} KiB over the second half"
-    assert end[1] <= halfway[1] + 2, "file descriptors leak"

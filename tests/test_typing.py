@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mypy import api
 
-from tests.server import ROOT
+from tests.support import ROOT
 
 
 def test_service_passes_mypy_strict() -> None:

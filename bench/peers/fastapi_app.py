@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
@@ -61,7 +62,7 @@ _cache: dict[str, tuple[float, list[Repository]]] = {}
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.http = httpx.AsyncClient(base_url=API_URL, timeout=10, limits=httpx.Limits(max_connections=100))
     yield
     await app.state.http.aclose()

@@ -6,7 +6,7 @@ import os
 import sqlite3
 
 import requests
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 
 API_URL = os.environ.get("GITHUB_API_URL", "https://api.github.com")
 OWNER = os.environ.get("GITHUB_OWNER", "octo-dev")
@@ -17,12 +17,12 @@ session = requests.Session()
 
 
 @app.get("/health")
-def health():  # type: ignore[no-untyped-def]
+def health() -> Response:
     return jsonify(api="website-api", version=1, status="ok")
 
 
 @app.get("/github/repos")
-def repos():  # type: ignore[no-untyped-def]
+def repos() -> Response:
     response = session.get(f"{API_URL}/users/{OWNER}/repos", params={"per_page": 100}, timeout=10)
     response.raise_for_status()
     keep = ("name", "full_name", "html_url", "description", "language", "stargazers_count", "pushed_at")
@@ -32,7 +32,7 @@ def repos():  # type: ignore[no-untyped-def]
 
 
 @app.get("/announcements")
-def announcements():  # type: ignore[no-untyped-def]
+def announcements() -> Response:
     with sqlite3.connect(DB_PATH) as conn:
         rows = conn.execute(
             "SELECT id, title, body, pinned, published_at FROM announcements ORDER BY pinned DESC, published_at DESC LIMIT 20"

@@ -9,7 +9,7 @@ START = {
 NOT_FOUND = {"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]}
 
 
-async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     if scope["path"] == "/health":

@@ -3,6 +3,7 @@ bytes; no middleware, no exception handlers. What any Starlette service pays bef
 
 from starlette.applications import Starlette
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from bench.peers.raw_asgi import BODY, START
 
@@ -10,7 +11,7 @@ from bench.peers.raw_asgi import BODY, START
 class FixedHealth:
     """A class instance, so Route passes requests to it as they are (no request/response wrapper)."""
 
-    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(START)
         await send({"type": "http.response.body", "body": BODY})
 

@@ -1,0 +1,254 @@
+"""What the tests share: the app in process, the service as a real process, problem assertions, the
+contract's configuration. Test modules import from here (and from github_standin), never from each other."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import httpx
+import msgspec
+import schemathesis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.app import create_app
+from service.json_body import read_json
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- the app in process ----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """Start the app's lifespan and talk to it through ASGI, as a server would."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+class Note(msgspec.Struct, forbid_unknown_fields=True):
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=10)]
+    count: int = 0
+    tags: list[Annotated[str, msgspec.Meta(pattern="^[a-z]+$")]] = []
+
+
+_note_decoder = msgspec.json.Decoder(Note)
+
+
+async def _echo_note(request: Request) -> Response:
+    note = await read_json(request, _note_decoder)
+    return Response(msgspec.json.encode(note), media_type="application/json")
+
+
+async def _boom(request: Request) -> Response:
+    raise RuntimeError("database password is hunter2")
+
+
+def app_with_test_routes(settings: Settings) -> Starlette:
+    """The service plus POST /_test/notes (a JSON body decoded into `Note`, echoed) and /_test/boom (raises)."""
+    app = create_app(settings)
+    app.router.routes += [Route("/_test/notes", _echo_note, methods=["POST"]), Route("/_test/boom", _boom)]
+    return app
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """An RFC 9457 problem with this status, carrying the response's request id; returns its fields."""
+    assert response.status_code == status, response.text[:300]
+    assert response.headers["content-type"] == "application/problem+json"
+    problem: dict[str, Any] = response.json()
+    assert problem["status"] == status
+    assert {"type", "title", "status", "instance", "request_id"} <= problem.keys()
+    assert problem["request_id"] == response.headers["x-request-id"]
+    return problem
+
+
+# -- waiting on conditions -------------------------------------------------------------------
+
+
+def wait_until(condition: Callable[[], object], *, timeout: float = 10, what: str = "the condition") -> None:
+    """Poll `condition` until it is true; fail after `timeout` seconds (a bound against hanging, not a speed)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+async def eventually(condition: Callable[[], object], *, timeout: float = 10, what: str = "the condition") -> None:
+    """`wait_until` for tests on the event loop."""
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+def reset_postgres(url: str) -> str:
+    """An empty public schema, so each test starts from nothing and migrations run from scratch."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    return url
+
+
+# -- the service as a real process -----------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port nothing listens on now. Another process may take it before ours binds: callers that start
+    a server check the listener is theirs and retry (see `procfile_server`)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for as long as the block runs: bound, never listening,
+    so no other process can start listening there meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+def procfile_command(process: str = "web") -> str:
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{process}:"):
+            return line.split(":", 1)[1].strip()
+    raise LookupError(process)
+
+
+def listener_inodes(port: int) -> set[str]:
+    """Socket inodes listening on 127.0.0.1:`port` (or any address), from the kernel's table."""
+    inodes = set()
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+            inodes.add(fields[9])
+    return inodes
+
+
+def owns_socket(pid: int, inodes: set[str]) -> bool:
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    return True
+    return False
+
+
+class _PortTaken(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def procfile_server(
+    env: dict[str, str], *, cwd: Path, timeout: float = 30, log: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The Procfile's web command under bash, as Heroku runs it, with this interpreter.
+    Output (JSON log lines) goes to `log`, a file, so a busy server never blocks on a full pipe.
+
+    `python -m service serve` binds $PORT itself, so the port is chosen free beforehand; if another
+    process takes it first, the server fails to bind (or the listener is not its own) and is started
+    again on a new port."""
+    log = log or cwd / "server.log"
+    for attempt in range(3):
+        try:
+            with _procfile_server_once(env, cwd=cwd, timeout=timeout, log=log) as started:
+                yield started
+            return
+        except _PortTaken:
+            if attempt == 2:
+                raise RuntimeError("three ports in a row were taken by other processes") from None
+
+
+@contextlib.contextmanager
+def _procfile_server_once(
+    env: dict[str, str], *, cwd: Path, timeout: float, log: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)
+    # HOST keeps test servers on loopback; PATH puts this interpreter first, as the venv would be on a dyno.
+    full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", **env}
+    command = procfile_command()
+    start_of_log = log.stat().st_size if log.exists() else 0
+    output = log.open("ab")
+    process = subprocess.Popen(
+        ["bash", "-c", f"cd {shlex.quote(str(cwd))} && exec {command}"],
+        env=full_env,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                written = log.read_bytes()[start_of_log:].decode(errors="replace")
+                if "address already in use" in written.lower():
+                    raise _PortTaken
+                raise RuntimeError(f"server exited with {process.returncode}: {written[-2000:]}")
+            # Only our own listener counts: a server another process started on this port is not ours to test.
+            # (With several workers, uvicorn's parent process binds the socket.)
+            inodes = listener_inodes(port)
+            if inodes and owns_socket(process.pid, inodes):
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                        break
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not answer /health in time")
+            time.sleep(0.05)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        output.close()
+
+
+# -- the contract ----------------------------------------------------------------------------
+
+CONTRACT_ADMIN_TOKEN = "contract-admin-token-0123456789"
+
+
+def contract_config(max_examples: int = 40, admin_token: str = CONTRACT_ADMIN_TOKEN) -> schemathesis.Config:
+    """schemathesis.toml (shared with the CLI), plus what only the in-process run sets."""
+    config = tomllib.loads((ROOT / "schemathesis.toml").read_text())
+    config.update(
+        {
+            "generation": {"deterministic": True, "max-examples": max_examples},
+            "phases": {
+                "examples": {"enabled": True},
+                "coverage": {"enabled": True},
+                "fuzzing": {"enabled": True},
+                "stateful": {"enabled": True},
+            },
+            "auth": {"openapi": {"adminToken": {"bearer": admin_token}}},
+        }
+    )
+    return schemathesis.Config.from_dict(config)
