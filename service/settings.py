@@ -35,6 +35,7 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     database_url: Annotated[str, msgspec.Meta(pattern=r"^(sqlite|postgres|postgresql)://")] = DEFAULT_DATABASE_URL
     database_pool_size: Annotated[int, msgspec.Meta(ge=1, le=40)] = 5
     admin_token: Annotated[str, msgspec.Meta(min_length=16, max_length=512)] | None = None
+    metrics_token: Annotated[str, msgspec.Meta(min_length=16, max_length=512)] | None = None
 
     def public_view(self) -> dict[str, object]:
         """The settings as printable values, secrets masked."""
@@ -46,7 +47,7 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
         return view
 
 
-SECRETS = ("GITHUB_TOKEN", "ADMIN_TOKEN")
+SECRETS = ("GITHUB_TOKEN", "ADMIN_TOKEN", "METRICS_TOKEN")
 
 # What a good value looks like, for the one-line start-up error.
 EXPECTED = {
@@ -67,6 +68,7 @@ EXPECTED = {
     "DATABASE_URL": "sqlite:///path/to/file.db, postgres://user:password@host:port/dbname or postgresql://…",
     "DATABASE_POOL_SIZE": "an integer from 1 to 40 (connections per worker process)",
     "ADMIN_TOKEN": "a secret of 16 to 512 characters",
+    "METRICS_TOKEN": "a secret of 16 to 512 characters (the Bearer token Prometheus sends to GET /metrics)",
 }
 
 _ERROR_PATH = re.compile(r"^(?P<reason>.*) - at `\$\.(?P<name>[A-Z_]+)`")

@@ -22,6 +22,7 @@ from tests.github_standin import GitHubStandIn
 ROOT = Path(__file__).resolve().parent.parent
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 ADMIN_TOKEN = "contract-admin-token-0123456789"
+METRICS_TOKEN = "contract-metrics-token-0123456789"
 
 
 def contract_config(max_examples: int = 40, admin_token: str = ADMIN_TOKEN) -> schemathesis.Config:
@@ -36,14 +37,14 @@ def contract_config(max_examples: int = 40, admin_token: str = ADMIN_TOKEN) -> s
                 "fuzzing": {"enabled": True},
                 "stateful": {"enabled": True},
             },
-            "auth": {"openapi": {"adminToken": {"bearer": admin_token}}},
+            "auth": {"openapi": {"adminToken": {"bearer": admin_token}, "metricsToken": {"bearer": METRICS_TOKEN}}},
         }
     )
     return schemathesis.Config.from_dict(config)
 
 
 def app_for_contract(make_settings: Callable[..., Settings], standin: GitHubStandIn):  # type: ignore[no-untyped-def]
-    settings = make_settings(GITHUB_OWNER=standin.owner, GITHUB_API_URL=standin.url, ADMIN_TOKEN=ADMIN_TOKEN)
+    settings = make_settings(GITHUB_OWNER=standin.owner, GITHUB_API_URL=standin.url, ADMIN_TOKEN=ADMIN_TOKEN, METRICS_TOKEN=METRICS_TOKEN)
     return create_app(settings)
 
 
