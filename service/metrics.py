@@ -52,6 +52,7 @@ GITHUB_OUTCOMES = {"ok": "200", "not modified": "304", "not found": "404", "time
 GITHUB_RATE_LIMIT_RESOURCES = frozenset({"core", "search", "code_search", "graphql", "integration_manifest", "dependency_snapshots",
                                          "code_scanning_upload", "actions_runner_registration", "scim", "audit_log"})  # fmt: skip
 MAX_WEBHOOK_EVENTS = 64  # distinct event names kept as labels; later ones count as "other"
+_CONVERTOR = re.compile(r"\{(\w+):\w+\}")
 _LABEL_WORD = re.compile(r"[a-z0-9_.]{1,64}")
 TEXT_FORMAT = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -113,7 +114,7 @@ class Series:
         key = (method if method in METHODS else "other", route, status)
         children = self._request_children.get(key)
         if children is None:
-            labels = (key[0], route or UNMATCHED)
+            labels = (key[0], _CONVERTOR.sub(r"{\1}", route) if route else UNMATCHED)  # /announcements/{id:int} -> {id}
             children = self._request_children[key] = (self.requests.labels(*labels, str(status)), self.latency.labels(*labels))
         children[0].inc()
         children[1].observe(seconds)
