@@ -32,10 +32,11 @@ def procfile_command(process: str = "web") -> str:
 
 @contextlib.contextmanager
 def procfile_server(
-    env: dict[str, str], *, cwd: Path, timeout: float = 30, log: Path | None = None
+    env: dict[str, str], *, cwd: Path, timeout: float = 30, log: Path | None = None, errors: Path | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """The Procfile's web command under bash, as Heroku runs it, with this interpreter.
-    Output (JSON log lines) goes to `log`, a file, so a busy server never blocks on a full pipe."""
+    Output (JSON log lines) goes to `log`, a file, so a busy server never blocks on a full pipe;
+    stderr too, unless `errors` names a file of its own for it."""
     log = log or cwd / "server.log"
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)
@@ -43,11 +44,12 @@ def procfile_server(
     full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", **env}
     command = procfile_command()
     output = log.open("ab")
+    error_output = errors.open("ab") if errors is not None else None
     process = subprocess.Popen(
         ["bash", "-c", f"cd {shlex.quote(str(cwd))} && exec {command}"],
         env=full_env,
         stdout=output,
-        stderr=subprocess.STDOUT,
+        stderr=error_output or subprocess.STDOUT,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -72,3 +74,5 @@ def procfile_server(
                 process.kill()
                 process.wait()
         output.close()
+        if error_output is not None:
+            error_output.close()
