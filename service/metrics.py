@@ -1,7 +1,9 @@
 """Prometheus metrics and `GET /metrics`: correct across the workers of a dyno, cheap on the hot path.
 
 Recording is on in a process whose app has METRICS_TOKEN (`configure(True)`); off, every hook below
-returns at once and prometheus_client is never imported. `python -m service serve` runs the workers in
+returns at once and prometheus_client is never imported. Requests and cache lookups are added up in
+plain Python and written at most 50 ms later (and before a scrape, and at exit): a scrape may miss
+another worker's last 50 ms, a killed worker loses at most that much. `python -m service serve` runs the workers in
 prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, prepared before they start): each worker writes its values
 to memory-mapped files of its own, and a scrape answered by any worker sums every worker's files. The
 files of a worker that died stay, so a replaced worker does not reset the totals; only its live gauges
@@ -20,6 +22,9 @@ The series (all names start with `website_api_`, except the standard `process_*`
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import bisect
 import glob
 import hashlib
 import hmac
@@ -55,6 +60,8 @@ MAX_WEBHOOK_EVENTS = 64  # distinct event names kept as labels; later ones count
 _CONVERTOR = re.compile(r"\{(\w+):\w+\}")
 _LABEL_WORD = re.compile(r"[a-z0-9_.]{1,64}")
 TEXT_FORMAT = b"text/plain; version=0.0.4; charset=utf-8"
+FLUSH_EVERY = 0.05  # seconds the hot path's counts may wait before they are written for scrapes
+RequestKey = tuple[str, str | None, int]  # method, route as matched, status
 
 
 class Series:
@@ -105,19 +112,63 @@ class Series:
         else:
             forget_dead_workers(self.directory)  # a replacement worker starts: whoever it replaces is gone
         # Label children, looked up once per distinct label set rather than on every request.
-        self._request_children: dict[tuple[str, str | None, int], tuple[Counter, Histogram]] = {}
+        self._request_children: dict[RequestKey, tuple[Counter, Histogram]] = {}
         self._children: dict[tuple[object, ...], Any] = {}
         self._waiting = 0.0
         self.webhook_events: set[str] = set()
+        # The hot path (requests, cache lookups) only adds up here, in plain Python; `flush` writes the sums
+        # at most FLUSH_EVERY later: one write per series instead of three per request.
+        self._pending_requests: dict[RequestKey, _PendingRequests] = {}
+        self._pending_lookups: dict[tuple[str, str], int] = {}
+        self._flush_at: asyncio.TimerHandle | None = None
+        atexit.register(self.flush)
 
     def observe_request(self, method: str, route: str | None, status: int, seconds: float) -> None:
         key = (method if method in METHODS else "other", route, status)
-        children = self._request_children.get(key)
-        if children is None:
-            labels = (key[0], _CONVERTOR.sub(r"{\1}", route) if route else UNMATCHED)  # /announcements/{id:int} -> {id}
-            children = self._request_children[key] = (self.requests.labels(*labels, str(status)), self.latency.labels(*labels))
-        children[0].inc()
-        children[1].observe(seconds)
+        pending = self._pending_requests.get(key)
+        if pending is None:
+            pending = self._pending_requests[key] = _PendingRequests()
+        pending.count += 1
+        pending.seconds += seconds
+        pending.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # a value on a bound counts in that bucket
+        if self._flush_at is None:
+            self._schedule_flush()
+
+    def count_lookup(self, resource: str, state: str) -> None:
+        key = (resource, state)
+        self._pending_lookups[key] = self._pending_lookups.get(key, 0) + 1
+        if self._flush_at is None:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        try:
+            self._flush_at = asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
+        except RuntimeError:  # no event loop in this thread: write at once
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what the hot path added up (before a scrape, every FLUSH_EVERY, and at exit)."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        requests, self._pending_requests = self._pending_requests, {}
+        for key, pending in requests.items():
+            counter, histogram = self._request_children.get(key) or self._children_of(key)
+            counter.inc(pending.count)
+            # prometheus_client has no public "observe n values": add to the histogram's sum and buckets.
+            histogram._sum.inc(pending.seconds)
+            for bucket, count in zip(histogram._buckets, pending.buckets):
+                if count:
+                    bucket.inc(count)
+        lookups, self._pending_lookups = self._pending_lookups, {}
+        for (resource, state), count in lookups.items():
+            self.child(self.cache, resource, state).inc(count)
+
+    def _children_of(self, key: RequestKey) -> tuple[Counter, Histogram]:
+        method, route, status = key
+        labels = (method, _CONVERTOR.sub(r"{\1}", route) if route else UNMATCHED)  # /announcements/{id:int} -> {id}
+        children = self._request_children[key] = (self.requests.labels(*labels, str(status)), self.latency.labels(*labels))
+        return children
 
     def child(self, metric: Any, *labels: str) -> Any:
         """metric.labels(*labels), cached."""
@@ -145,6 +196,15 @@ class Series:
         MultiProcessCollector(registry, path=directory)
         registry.register(WorkerProcesses(lambda: forget_dead_workers(directory)))
         return generate_latest(registry)
+
+
+class _PendingRequests:
+    __slots__ = ("count", "seconds", "buckets")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
 
 
 class WorkerProcesses:
@@ -221,7 +281,7 @@ def cache_lookup(key: Hashable, state: str) -> None:
     """A GitHub cache lookup; the resource is the key's kind ("repository"), never a name from a URL."""
     if (series := _recording) is not None:
         resource = key[0] if isinstance(key, tuple) else key
-        series.child(series.cache, str(resource), state).inc()
+        series.count_lookup(str(resource), state)
 
 
 def github_outcome(detail: str) -> None:
@@ -322,5 +382,6 @@ class MetricsEndpoint:
         scheme, _, given = (raw_header(scope, b"authorization") or b"").decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(_digest(given.strip()), self._digest):
             raise Unauthorized("A valid metrics token is required: Authorization: Bearer <METRICS_TOKEN>.")
+        self.series.flush()  # this worker's latest counts; the others' are at most FLUSH_EVERY old
         body = await run_in_threadpool(self.series.exposition)
         await BytesResponse.of(body, [(b"cache-control", b"no-store")], media_type=TEXT_FORMAT)(scope, receive, send)
