@@ -76,5 +76,6 @@ def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
     if args.exc_type is SystemExit or args.exc_value is None:
         return
     name = args.thread.name if args.thread else "?"
-    logging.getLogger("service").error("uncaught exception in thread %s", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    logging.getLogger("service").error("uncaught exception in thread %s", name, exc_info=exc_info)
 

@@ -54,8 +54,10 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 GITHUB_OUTCOMES = {"ok": "200", "not modified": "304", "not found": "404", "timeout": "timeout", "rate limited": "rate_limited"}
 # GitHub's rate-limit buckets (x-ratelimit-resource); an unknown one is "other".
-GITHUB_RATE_LIMIT_RESOURCES = frozenset({"core", "search", "code_search", "graphql", "integration_manifest", "dependency_snapshots",
-                                         "code_scanning_upload", "actions_runner_registration", "scim", "audit_log"})  # fmt: skip
+GITHUB_RATE_LIMIT_RESOURCES = frozenset({
+    "core", "search", "code_search", "graphql", "integration_manifest", "dependency_snapshots", "code_scanning_upload",
+    "actions_runner_registration", "scim", "audit_log",
+})  # fmt: skip
 MAX_WEBHOOK_EVENTS = 64  # distinct event names kept as labels; later ones count as "other"
 _CONVERTOR = re.compile(r"\{(\w+):\w+\}")
 _LABEL_WORD = re.compile(r"[a-z0-9_.]{1,64}")
@@ -88,7 +90,7 @@ class Series:
             ["outcome"], registry=registry,
         )  # fmt: skip
         self.github_remaining = Gauge(
-            PREFIX + "github_ratelimit_remaining", "The x-ratelimit-remaining GitHub sent with its last answer, by x-ratelimit-resource.",
+            PREFIX + "github_ratelimit_remaining", "The last x-ratelimit-remaining GitHub sent, by x-ratelimit-resource.",
             ["resource"], registry=registry, multiprocess_mode="mostrecent",
         )  # fmt: skip
         self.cache = Counter(

@@ -163,14 +163,15 @@ class OpenTelemetry:
             parent_context = trace.set_span_in_context(trace.NonRecordingSpan(remote))
         else:
             parent_context = None
-        span = self.tracer.start_span(
-            method, context=parent_context, kind=trace.SpanKind.SERVER, attributes={"http.request.method": method, "url.path": path}
-        )
+        attributes = {"http.request.method": method, "url.path": path}
+        span = self.tracer.start_span(method, context=parent_context, kind=trace.SpanKind.SERVER, attributes=attributes)
         token = self._context.attach(trace.set_span_in_context(span))
         ids = span.get_span_context()
         return span, token, RequestIds("", f"{ids.trace_id:032x}", f"{ids.span_id:016x}", ids.trace_flags.sampled)
 
-    def end_server_span(self, span: Span, token: Token[Context], method: str, route: str | None, status: int, request_id: str) -> None:
+    def end_server_span(
+        self, span: Span, token: Token[Context], method: str, route: str | None, status: int, request_id: str
+    ) -> None:
         if route is not None:
             span.update_name(f"{method} {route}")
             span.set_attribute("http.route", route)

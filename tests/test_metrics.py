@@ -103,9 +103,10 @@ async def test_a_thousand_random_paths_add_only_the_unmatched_series(make_settin
         await client.get("/nope")  # the "unmatched" series exist from here on
         await scrape(client)  # and so do those of /metrics itself
         before = await scrape(client)
+        alphabet = string.ascii_letters + string.digits + "{}%._-"
         for _ in range(1000):
-            path = "/" + "/".join("".join(rng.choices(string.ascii_letters + string.digits + "{}%._-", k=rng.randint(1, 12))) for _ in range(rng.randint(1, 4)))
-            await client.get(path)
+            segments = ("".join(rng.choices(alphabet, k=rng.randint(1, 12))) for _ in range(rng.randint(1, 4)))
+            await client.get("/" + "/".join(segments))
         after = await scrape(client)
     assert after.keys() == before.keys()
     unmatched = {"method": "GET", "route": metrics.UNMATCHED, "status": "404"}
@@ -331,3 +332,11 @@ def test_the_metrics_directory_is_emptied_when_the_server_starts(tmp_path: Path)
         assert any(re.fullmatch(r"counter_\d+\.db", p.name) for p in directory.iterdir())
     health = ("website_api_http_requests_total", (("method", "GET"), ("route", "/health"), ("status", "200")))
     assert samples[health] >= 1
+
+
+def test_check_config_masks_the_metrics_token() -> None:
+    from service.settings import load_settings
+
+    view = load_settings({"METRICS_TOKEN": TOKEN}).public_view()
+    assert view["METRICS_TOKEN"] == "***"
+    assert TOKEN not in str(view)
