@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import glob
+import os
+import shutil
 import signal
 import sys
+import tempfile
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 
 import msgspec
 
+from service.logs import logging_config
 from service.settings import Settings, settings_or_exit
 
 
@@ -24,20 +30,45 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "timeout_graceful_shutdown": 20,  # in-flight requests get 20 s of Heroku's 30 s before SIGKILL
         "access_log": False,  # the service writes its own JSON access line
         "log_level": settings.log_level,
+        "log_config": logging_config(settings.log_level),  # uvicorn's own lines as JSON too, in every process
     }
 
 
 def serve(settings: Settings) -> None:
     import uvicorn
 
+    from service.tracing import otel_or_exit
+
+    otel_or_exit(check_only=True)  # a missing extra stops start-up here, before any worker starts
+    made = None
+    if settings.metrics_token:  # one scrape covers every worker: their metric files go to one directory
+        directory, created = prepare_multiprocess_directory(os.environ)
+        made = directory if created else None
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again once it is done; that
     # second one lands here and becomes a clean exit 0 instead of "killed by SIGTERM".
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run("service.app:app", **uvicorn_options(settings))  # type: ignore[arg-type]
+    try:
+        uvicorn.run("service.app:app", **uvicorn_options(settings))  # type: ignore[arg-type]
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def prepare_multiprocess_directory(environ: MutableMapping[str, str]) -> tuple[str, bool]:
+    """Before the workers start (they inherit `environ`, and prometheus_client reads it on import): an
+    empty directory for their metric files, so totals start from zero with each start of the server.
+    Returns it, and whether it was made here (a temporary directory) rather than given."""
+    given = environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+    directory = given or tempfile.mkdtemp(prefix="website-api-metrics-")
+    os.makedirs(directory, exist_ok=True)
+    for path in glob.glob(os.path.join(directory, "*.db")):
+        os.remove(path)
+    environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    return directory, not given
 
 
 def check_config(settings: Settings) -> None:

@@ -7,10 +7,13 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
 
-from service import docs, health
+from service import docs, health, metrics, tracing
 from service.announcements import routes as announcement_routes
 from service.announcements.access import Announcements
 from service.announcements.store import open_store
@@ -20,19 +23,31 @@ from service.github.cache import UpstreamCache
 from service.github.client import GitHubClient, build_http_client
 from service.middleware import CorsMiddleware, RequestContextMiddleware, RequestLimitsMiddleware
 from service.settings import Settings, load_settings, settings_or_exit
+from service.tracing import OpenTelemetry, otel_or_exit
 
 logger = logging.getLogger("service.app")
 CORS_EXPOSED = ["ETag", "Location", "Link", "Retry-After", "X-Request-ID", "X-Cache", "Age"]
 
 
-def create_app(settings: Settings | None = None, *, announcements_class: type[Announcements] = Announcements) -> Starlette:
-    """The service. `announcements_class` lets the bench swap in a variant that misbehaves on purpose."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    announcements_class: type[Announcements] = Announcements,
+    otel: OpenTelemetry | None = None,
+) -> Starlette:
+    """The service. `announcements_class` lets the bench swap in a variant that misbehaves on purpose;
+    `otel` exports traces (built from the OTEL_* variables by the module-level `app`)."""
     settings = settings if settings is not None else load_settings()
+    series = metrics.configure(settings.metrics_token is not None)
+    tracing.active = otel
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as resources:
+            if otel is not None:  # closed last: exports every span, the shutdown's included
+                resources.push_async_callback(run_in_threadpool, otel.shutdown)
             http = await resources.enter_async_context(build_http_client(api_url=settings.github_api_url, token=settings.github_token))
+            _observe_github_calls(http, otel, series)
             app.state.github = github = GitHubClient(
                 http,
                 owner=settings.github_owner,
@@ -51,7 +66,7 @@ def create_app(settings: Settings | None = None, *, announcements_class: type[An
             yield
         logger.info("stopped: GitHub client and database connections closed")
 
-    middleware = [Middleware(RequestContextMiddleware, access_log=settings.access_log)]
+    middleware = [Middleware(RequestContextMiddleware, access_log=settings.access_log, metrics=series, otel=otel)]
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -65,12 +80,29 @@ def create_app(settings: Settings | None = None, *, announcements_class: type[An
         )
     middleware.append(Middleware(RequestLimitsMiddleware, timeout=settings.request_timeout, max_body_bytes=settings.max_body_bytes))
     app = Starlette(
-        routes=[*health.routes, *github_routes.routes, *announcement_routes.routes, *docs.build_routes()],
+        routes=[
+            *health.routes,
+            *github_routes.routes,
+            *announcement_routes.routes,
+            *docs.build_routes(),
+            Route("/metrics", metrics.MetricsEndpoint(settings.metrics_token, series), methods=["GET"]),
+        ],
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     return app
+
+
+def _observe_github_calls(http: httpx.AsyncClient, otel: OpenTelemetry | None, series: metrics.Series | None) -> None:
+    """GitHub calls carry the request's trace (as OpenTelemetry client spans when exporting) and report
+    the rate limit left."""
+    if otel is not None:
+        otel.instrument(http)
+    else:
+        http.event_hooks["request"].append(tracing.send_traceparent)
+    if series is not None:
+        http.event_hooks["response"].append(metrics.github_response)
 
 
 def __getattr__(name: str) -> Any:
@@ -81,5 +113,6 @@ def __getattr__(name: str) -> Any:
 
     settings = settings_or_exit()
     configure_logging(settings.log_level)
-    globals()["app"] = application = create_app(settings)
+    globals()["app"] = application = create_app(settings, otel=otel_or_exit())
     return application
+

@@ -19,8 +19,11 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import tracing
 from service.errors import PayloadTooLarge, problem_response
 from service.http import raw_header
+from service.metrics import Series
+from service.tracing import OpenTelemetry, RequestIds, TraceParent, new_span_id, new_trace_id, parse_traceparent
 
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,200}")
 
@@ -28,25 +31,38 @@ _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,200}")
 class AccessLine(msgspec.Struct):
     ts: float
     level: str
+    logger: str
     msg: str
     method: str
     path: str
     status: int
     duration_ms: float
     request_id: str
+    trace_id: str
     client: str | None
     pid: int
 
 
 class RequestContextMiddleware:
-    """Gives each request an id, echoes it, adds nosniff, and writes one JSON access line."""
+    """Gives each request an id and a trace (W3C trace context), echoes the id, adds nosniff, records
+    the request's metrics and server span when those are on, and writes one JSON access line."""
 
     FLUSH_EVERY = 0.05  # seconds a line may wait in the buffer
     FLUSH_AT = 64 * 1024  # bytes that are written at once, however recent
 
-    def __init__(self, app: ASGIApp, *, access_log: bool = True, stream: IO[bytes] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        access_log: bool = True,
+        stream: IO[bytes] | None = None,
+        metrics: Series | None = None,
+        otel: OpenTelemetry | None = None,
+    ) -> None:
         self.app = app
         self.access_log = access_log
+        self.metrics = metrics
+        self.otel = otel
         # With PYTHONUNBUFFERED (Heroku's default) sys.stdout.buffer is the raw file: every write is a
         # system call. Lines are therefore gathered here and written together, at most 50 ms apart.
         self.stream = stream if stream is not None else sys.stdout.buffer
@@ -62,8 +78,21 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope) or f"{self._id_prefix}{next(self._id_counter) & 0xFFFFFFFF:08x}"
+        incoming_id, parent = _incoming(scope)
+        request_id = incoming_id or f"{self._id_prefix}{next(self._id_counter) & 0xFFFFFFFF:08x}"
         scope.setdefault("state", {})["request_id"] = request_id
+        otel = self.otel
+        if otel is None:
+            if parent is None:
+                ids = RequestIds(request_id, new_trace_id(), new_span_id(), False)
+            else:
+                ids = RequestIds(request_id, parent.trace_id, new_span_id(), parent.sampled)
+        else:
+            span, token, ids = otel.start_server_span(scope["method"], scope["path"], parent)
+            ids = ids._replace(request_id=request_id)
+        # Not reset when the request ends: the server gives each request a task (a context) of its own,
+        # and the error handlers outside this middleware still log with the request's ids.
+        tracing.current.set(ids)
         added = ((b"x-request-id", request_id.encode()), _NOSNIFF)
         started = time.perf_counter()
         status = 500  # what the client gets if the app raises before answering
@@ -79,20 +108,29 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
+            seconds = time.perf_counter() - started
+            if self.metrics is not None or otel is not None:
+                route = getattr(scope.get("route"), "path", None)  # the template the router matched, if any
+                if otel is not None:
+                    otel.end_server_span(span, token, scope["method"], route, status, request_id)
+                if self.metrics is not None:
+                    self.metrics.observe_request(scope["method"], route, status, seconds)
             if self.access_log:
-                self._log(scope, status, started, request_id)
+                self._log(scope, status, seconds, ids)
 
-    def _log(self, scope: Scope, status: int, started: float, request_id: str) -> None:
+    def _log(self, scope: Scope, status: int, seconds: float, ids: RequestIds) -> None:
         client = scope.get("client")
         line = AccessLine(
             round(time.time(), 3),
             "info",
+            "service.access",
             "request",
             scope["method"],
             scope["path"],
             status,
-            round((time.perf_counter() - started) * 1000, 3),
-            request_id,
+            round(seconds * 1000, 3),
+            ids.request_id,
+            ids.trace_id,
             f"{client[0]}:{client[1]}" if client else None,
             self.pid,
         )
@@ -133,9 +171,19 @@ def _flush_at_exit() -> None:
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 
-def _incoming_request_id(scope: Scope) -> str | None:
-    value = raw_header(scope, b"x-request-id")
-    return value.decode("ascii") if value is not None and _VALID_REQUEST_ID.fullmatch(value) else None
+def _incoming(scope: Scope) -> tuple[str | None, TraceParent | None]:
+    """The caller's valid X-Request-ID and traceparent, in one pass over the headers. Two traceparent
+    headers are as invalid as a malformed one (W3C Trace Context §3.2)."""
+    request_id: bytes | None = None
+    traceparents: list[bytes] = []
+    for key, value in scope["headers"]:
+        if key == b"x-request-id":
+            if request_id is None:
+                request_id = value
+        elif key == b"traceparent":
+            traceparents.append(value)
+    valid_id = request_id.decode("ascii") if request_id is not None and _VALID_REQUEST_ID.fullmatch(request_id) else None
+    return valid_id, parse_traceparent(bytes(traceparents[0])) if len(traceparents) == 1 else None
 
 
 class _Deadline:

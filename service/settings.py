@@ -85,7 +85,7 @@ EXPECTED = {
     "ALLOW_EPHEMERAL_DATABASE": "true or false (or 1/0)",
     "ADMIN_TOKEN": "a secret of 16 to 512 visible ASCII characters (it is sent in an HTTP header)",
     "GITHUB_WEBHOOK_SECRET": "a secret of 16 to 512 visible ASCII characters",
-    "METRICS_TOKEN": "a secret of 16 to 512 visible ASCII characters (it is sent in an HTTP header)",
+    "METRICS_TOKEN": "a secret of 16 to 512 visible ASCII characters (the Bearer token Prometheus sends to GET /metrics)",
 }
 
 _ERROR_PATH = re.compile(r"^(?P<reason>.*) - at `\$\.(?P<name>[A-Z_]+)`")

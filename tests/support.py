@@ -163,10 +163,11 @@ class _PortTaken(Exception):
 
 @contextlib.contextmanager
 def procfile_server(
-    env: dict[str, str], *, cwd: Path, timeout: float = 30, log: Path | None = None
+    env: dict[str, str], *, cwd: Path, timeout: float = 30, log: Path | None = None, errors: Path | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """The Procfile's web command under bash, as Heroku runs it, with this interpreter.
-    Output (JSON log lines) goes to `log`, a file, so a busy server never blocks on a full pipe.
+    Output (JSON log lines) goes to `log`, a file, so a busy server never blocks on a full pipe;
+    stderr too, unless `errors` names a file of its own for it.
 
     `python -m service serve` binds $PORT itself, so the port is chosen free beforehand; if another
     process takes it first, the server fails to bind (or the listener is not its own) and is started
@@ -174,7 +175,7 @@ def procfile_server(
     log = log or cwd / "server.log"
     for attempt in range(3):
         try:
-            with _procfile_server_once(env, cwd=cwd, timeout=timeout, log=log) as started:
+            with _procfile_server_once(env, cwd=cwd, timeout=timeout, log=log, errors=errors) as started:
                 yield started
             return
         except _PortTaken:
@@ -184,20 +185,22 @@ def procfile_server(
 
 @contextlib.contextmanager
 def _procfile_server_once(
-    env: dict[str, str], *, cwd: Path, timeout: float, log: Path
+    env: dict[str, str], *, cwd: Path, timeout: float, log: Path, errors: Path | None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)
     # HOST keeps test servers on loopback; PATH puts this interpreter first, as the venv would be on a dyno.
     full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", **env}
     command = procfile_command()
-    start_of_log = log.stat().st_size if log.exists() else 0
+    stderr_file = errors or log
+    start_of_log = stderr_file.stat().st_size if stderr_file.exists() else 0
     output = log.open("ab")
+    error_output = errors.open("ab") if errors is not None else None
     process = subprocess.Popen(
         ["bash", "-c", f"cd {shlex.quote(str(cwd))} && exec {command}"],
         env=full_env,
         stdout=output,
-        stderr=subprocess.STDOUT,
+        stderr=error_output or subprocess.STDOUT,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -205,7 +208,7 @@ def _procfile_server_once(
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                written = log.read_bytes()[start_of_log:].decode(errors="replace")
+                written = stderr_file.read_bytes()[start_of_log:].decode(errors="replace")
                 if "address already in use" in written.lower():
                     raise _PortTaken
                 raise RuntimeError(f"server exited with {process.returncode}: {written[-2000:]}")
@@ -229,11 +232,14 @@ def _procfile_server_once(
                 process.kill()
                 process.wait()
         output.close()
+        if error_output is not None:
+            error_output.close()
 
 
 # -- the contract ----------------------------------------------------------------------------
 
 CONTRACT_ADMIN_TOKEN = "contract-admin-token-0123456789"
+CONTRACT_METRICS_TOKEN = "contract-metrics-token-0123456789"
 
 
 def contract_config(max_examples: int = 40, admin_token: str = CONTRACT_ADMIN_TOKEN) -> schemathesis.Config:
@@ -248,7 +254,7 @@ def contract_config(max_examples: int = 40, admin_token: str = CONTRACT_ADMIN_TO
                 "fuzzing": {"enabled": True},
                 "stateful": {"enabled": True},
             },
-            "auth": {"openapi": {"adminToken": {"bearer": admin_token}}},
+            "auth": {"openapi": {"adminToken": {"bearer": admin_token}, "metricsToken": {"bearer": CONTRACT_METRICS_TOKEN}}},
         }
     )
     return schemathesis.Config.from_dict(config)

@@ -17,13 +17,15 @@ from service.app import create_app
 from service.docs import load_spec, spec_path
 from service.settings import Settings
 from tests.github_standin import GitHubStandIn
-from tests.support import CONTRACT_ADMIN_TOKEN, contract_config
+from tests.support import CONTRACT_ADMIN_TOKEN, CONTRACT_METRICS_TOKEN, contract_config
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
 def app_for_contract(make_settings: Callable[..., Settings], standin: GitHubStandIn) -> Starlette:
-    settings = make_settings(GITHUB_OWNER=standin.owner, GITHUB_API_URL=standin.url, ADMIN_TOKEN=CONTRACT_ADMIN_TOKEN)
+    settings = make_settings(
+        GITHUB_OWNER=standin.owner, GITHUB_API_URL=standin.url, ADMIN_TOKEN=CONTRACT_ADMIN_TOKEN, METRICS_TOKEN=CONTRACT_METRICS_TOKEN
+    )
     return create_app(settings)
 
 

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import anyio
 from starlette.concurrency import run_in_threadpool
 
+from service import metrics
 from service.announcements.models import Announcement, AnnouncementPage, AnnouncementPatch, ListQuery, NewAnnouncement
 from service.announcements.models import decode_cursor, encode_cursor
 from service.announcements.store import AnnouncementStore
@@ -48,7 +49,7 @@ class Announcements:
 
     async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Every store call: blocking, so off the event loop, and at most `concurrency` at once."""
-        async with self._limiter:
+        async with metrics.store_call(method.__name__, self._limiter), self._limiter:
             return await run_in_threadpool(method, *args, **kwargs)
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
+from service import metrics
 from service.github.errors import UpstreamFailure
 from service.http import etag_for
 
@@ -88,6 +89,7 @@ class UpstreamCache:
     async def get(self, key: Hashable, fetch: Fetcher) -> Lookup:
         entry = self._entries.get(key)
         if entry is not None and (age := self.clock() - entry.validated_at) < self.ttl:
+            metrics.cache_lookup(key, "hit")
             return Lookup(entry, "hit", age, self.cache_control)
         refresh = self._inflight.get(key)
         if refresh is None:
@@ -96,7 +98,9 @@ class UpstreamCache:
             refresh = asyncio.ensure_future(self._refresh(key, entry, fetch))
             self._inflight[key] = refresh
             refresh.add_done_callback(lambda done: self._settled(key, done))
-        return await asyncio.shield(refresh)
+        lookup = await asyncio.shield(refresh)
+        metrics.cache_lookup(key, lookup.state)
+        return lookup
 
     def _settled(self, key: Hashable, done: asyncio.Future[Lookup]) -> None:
         self._inflight.pop(key, None)

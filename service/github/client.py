@@ -12,7 +12,7 @@ import anyio
 import httpx
 import msgspec
 
-from service import API_NAME
+from service import API_NAME, metrics
 from service.errors import NotFound
 from service.github.cache import NOT_MODIFIED, Entry, Fetched, Lookup, NotModified, UpstreamCache
 from service.github.errors import (
@@ -288,6 +288,7 @@ class GitHubClient:
 
     def _record(self, ok: bool, detail: str) -> None:
         self._last_outcome = (ok, detail, self.wall_clock())
+        metrics.github_outcome(detail)
 
 
 class TokenBucket:

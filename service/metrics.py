@@ -1,0 +1,389 @@
+"""Prometheus metrics and `GET /metrics`: correct across the workers of a dyno, cheap on the hot path.
+
+Recording is on in a process whose app has METRICS_TOKEN (`configure(True)`); off, every hook below
+returns at once and prometheus_client is never imported. Requests and cache lookups are added up in
+plain Python and written at most 50 ms later (and before a scrape, and at exit): a scrape may miss
+another worker's last 50 ms, a killed worker loses at most that much. `python -m service serve` runs the workers in
+prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, prepared before they start): each worker writes its values
+to memory-mapped files of its own, and a scrape answered by any worker sums every worker's files. The
+files of a worker that died stay, so a replaced worker does not reset the totals; only its live gauges
+(store calls waiting, process metrics) are dropped.
+
+The series (all names start with `website_api_`, except the standard `process_*`):
+- `http_requests_total{method,route,status}` and `http_request_duration_seconds{method,route}`, where
+  route is the matched route template (`/github/repos/{name}`) or `(unmatched)`;
+- `github_requests_total{outcome}` (200, 304, 404, timeout, error, rate_limited) and
+  `github_ratelimit_remaining{resource}` (the last `x-ratelimit-remaining` GitHub sent);
+- `cache_lookups_total{resource,state}` (hit, miss, revalidated, stale);
+- `store_call_duration_seconds{operation}` (waiting for a pool slot included) and `store_calls_waiting`;
+- `webhook_deliveries_total{event,outcome}`;
+- `process_*{pid}` of every live worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import bisect
+import glob
+import hashlib
+import hmac
+import os
+import re
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
+
+from service import tracing
+from service.errors import NotFound, Unauthorized
+from service.http import BytesResponse, raw_header
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Histogram, ProcessCollector
+    from prometheus_client.metrics_core import Metric
+
+PREFIX = "website_api_"
+UNMATCHED = "(unmatched)"  # every path that matched no route: random paths cannot add series
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # any other method is "other"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+GITHUB_OUTCOMES = {"ok": "200", "not modified": "304", "not found": "404", "timeout": "timeout", "rate limited": "rate_limited"}
+# GitHub's rate-limit buckets (x-ratelimit-resource); an unknown one is "other".
+GITHUB_RATE_LIMIT_RESOURCES = frozenset({
+    "core", "search", "code_search", "graphql", "integration_manifest", "dependency_snapshots", "code_scanning_upload",
+    "actions_runner_registration", "scim", "audit_log",
+})  # fmt: skip
+MAX_WEBHOOK_EVENTS = 64  # distinct event names kept as labels; later ones count as "other"
+_CONVERTOR = re.compile(r"\{(\w+):\w+\}")
+_LABEL_WORD = re.compile(r"[a-z0-9_.]{1,64}")
+TEXT_FORMAT = b"text/plain; version=0.0.4; charset=utf-8"
+FLUSH_EVERY = 0.05  # seconds the hot path's counts may wait before they are written for scrapes
+RequestKey = tuple[str, str | None, int]  # method, route as matched, status
+
+
+class Series:
+    """Every series of the service. Created once per process: prometheus_client keeps one value per
+    name and labels (in multiprocess mode, one slot in this process's files)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+        disable_created_metrics()  # no *_created series: multiprocess mode has none either
+        # Where the workers' files are, if this process is one of several (read by prometheus_client too).
+        self.directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            PREFIX + "http_requests_total", "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"], registry=registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            PREFIX + "http_request_duration_seconds", "Time to answer a request, by method and route template.",
+            ["method", "route"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.github = Counter(
+            PREFIX + "github_requests_total", "Calls to the GitHub API by outcome: 200, 304, 404, timeout, error, rate_limited.",
+            ["outcome"], registry=registry,
+        )  # fmt: skip
+        self.github_remaining = Gauge(
+            PREFIX + "github_ratelimit_remaining", "The last x-ratelimit-remaining GitHub sent, by x-ratelimit-resource.",
+            ["resource"], registry=registry, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.cache = Counter(
+            PREFIX + "cache_lookups_total", "GitHub cache lookups by resource and state: hit, miss, revalidated, stale.",
+            ["resource", "state"], registry=registry,
+        )  # fmt: skip
+        self.store = Histogram(
+            PREFIX + "store_call_duration_seconds", "Database store calls by operation, waiting for a pool slot included.",
+            ["operation"], buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.store_waiting = Gauge(
+            PREFIX + "store_calls_waiting", "Store calls waiting for a free database pool slot now.",
+            registry=registry, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.webhooks = Counter(
+            PREFIX + "webhook_deliveries_total", "Webhook deliveries received, by event and outcome.",
+            ["event", "outcome"], registry=registry,
+        )  # fmt: skip
+        if self.directory is None:
+            registry.register(WorkerProcesses(lambda: [os.getpid()]))
+        else:
+            forget_dead_workers(self.directory)  # a replacement worker starts: whoever it replaces is gone
+        # Label children, looked up once per distinct label set rather than on every request.
+        self._request_children: dict[RequestKey, tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[object, ...], Any] = {}
+        self._waiting = 0.0
+        self.webhook_events: set[str] = set()
+        # The hot path (requests, cache lookups) only adds up here, in plain Python; `flush` writes the sums
+        # at most FLUSH_EVERY later: one write per series instead of three per request.
+        self._pending_requests: dict[RequestKey, _PendingRequests] = {}
+        self._pending_lookups: dict[tuple[str, str], int] = {}
+        self._flush_at: asyncio.TimerHandle | None = None
+        atexit.register(self.flush)
+
+    def observe_request(self, method: str, route: str | None, status: int, seconds: float) -> None:
+        key = (method if method in METHODS else "other", route, status)
+        pending = self._pending_requests.get(key)
+        if pending is None:
+            pending = self._pending_requests[key] = _PendingRequests()
+        pending.count += 1
+        pending.seconds += seconds
+        pending.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # a value on a bound counts in that bucket
+        if self._flush_at is None:
+            self._schedule_flush()
+
+    def count_lookup(self, resource: str, state: str) -> None:
+        key = (resource, state)
+        self._pending_lookups[key] = self._pending_lookups.get(key, 0) + 1
+        if self._flush_at is None:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        try:
+            self._flush_at = asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
+        except RuntimeError:  # no event loop in this thread: write at once
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what the hot path added up (before a scrape, every FLUSH_EVERY, and at exit)."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        requests, self._pending_requests = self._pending_requests, {}
+        for key, pending in requests.items():
+            counter, histogram = self._request_children.get(key) or self._children_of(key)
+            counter.inc(pending.count)
+            # prometheus_client has no public "observe n values": add to the histogram's sum and buckets.
+            histogram._sum.inc(pending.seconds)
+            for bucket, count in zip(histogram._buckets, pending.buckets):
+                if count:
+                    bucket.inc(count)
+        lookups, self._pending_lookups = self._pending_lookups, {}
+        for (resource, state), count in lookups.items():
+            self.child(self.cache, resource, state).inc(count)
+
+    def _children_of(self, key: RequestKey) -> tuple[Counter, Histogram]:
+        method, route, status = key
+        labels = (method, _CONVERTOR.sub(r"{\1}", route) if route else UNMATCHED)  # /announcements/{id:int} -> {id}
+        children = self._request_children[key] = (self.requests.labels(*labels, str(status)), self.latency.labels(*labels))
+        return children
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """metric.labels(*labels), cached."""
+        key = (metric, *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def set_waiting(self, waiting: float) -> None:
+        if waiting != self._waiting:
+            self._waiting = waiting
+            self.store_waiting.set(waiting)
+
+    def exposition(self) -> bytes:
+        """The text format of every series, of every worker when there are several. Reads files: run it
+        in the thread pool."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        if self.directory is None:
+            return generate_latest(self.registry)
+        directory = self.directory
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)
+        registry.register(WorkerProcesses(lambda: forget_dead_workers(directory)))
+        return generate_latest(registry)
+
+
+class _PendingRequests:
+    __slots__ = ("count", "seconds", "buckets")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+
+
+class WorkerProcesses:
+    """The standard process_* series (CPU, memory, open files, start time) of each live worker, labelled
+    by pid: prometheus_client's own ProcessCollector reports only the process that answers the scrape."""
+
+    def __init__(self, pids: Callable[[], Iterable[int]]) -> None:
+        self.pids = pids
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import Metric
+
+        families: dict[str, Metric] = {}
+        for pid in self.pids():
+            for family in _process_collector(pid).collect():
+                merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
+        yield from families.values()
+
+
+def _process_collector(pid: int) -> ProcessCollector:
+    from prometheus_client import ProcessCollector
+
+    return ProcessCollector(pid=lambda: pid, registry=None)
+
+
+def forget_dead_workers(directory: str) -> list[int]:
+    """The pids of live workers; the live gauges of dead ones are removed (their counters stay)."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    alive = []
+    pids = {int(m[1]) for path in glob.glob(os.path.join(directory, "gauge_live*.db")) if (m := re.search(r"_(\d+)\.db$", path))}
+    for pid in sorted(pids):
+        if _running(pid):
+            alive.append(pid)
+        else:
+            mark_process_dead(pid, directory)
+    return alive
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"  # a zombie is dead, just not reaped yet
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc here
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+
+# -- the process's switch, and the hooks the rest of the service calls ----------------------
+
+_series: Series | None = None  # created on first use, kept: prometheus_client allows one per name
+_recording: Series | None = None
+
+
+def configure(enabled: bool) -> Series | None:
+    """Record in this process (the app serves /metrics) or not; returns the series when recording."""
+    global _series, _recording
+    if enabled and _series is None:
+        _series = Series()
+    _recording = _series if enabled else None
+    return _recording
+
+
+def cache_lookup(key: Hashable, state: str) -> None:
+    """A GitHub cache lookup; the resource is the key's kind ("repository"), never a name from a URL."""
+    if (series := _recording) is not None:
+        resource = key[0] if isinstance(key, tuple) else key
+        series.count_lookup(str(resource), state)
+
+
+def github_outcome(detail: str) -> None:
+    """The outcome of one GitHub call, as GitHubClient records it for readiness."""
+    if (series := _recording) is not None and detail != "malformed answer":  # that answer was already counted as its 200
+        series.child(series.github, GITHUB_OUTCOMES.get(detail, "error")).inc()
+
+
+async def github_response(response: httpx.Response) -> None:
+    """An httpx response hook: the rate limit GitHub says is left."""
+    if (series := _recording) is not None:
+        remaining = response.headers.get("x-ratelimit-remaining", "")
+        if remaining.isdigit():
+            resource = response.headers.get("x-ratelimit-resource", "core")
+            resource = resource if resource in GITHUB_RATE_LIMIT_RESOURCES else "other"
+            series.child(series.github_remaining, resource).set(int(remaining))
+
+
+def webhook_delivery(event: str, outcome: str) -> None:
+    """One webhook delivery. Event names and outcomes outside [a-z0-9_.]{1,64}, and event names beyond
+    the first 64 seen, count as "other", so a caller cannot grow the number of series."""
+    if (series := _recording) is not None:
+        event = event if _LABEL_WORD.fullmatch(event) else "other"
+        outcome = outcome if _LABEL_WORD.fullmatch(outcome) else "other"
+        if event not in series.webhook_events:
+            if len(series.webhook_events) >= MAX_WEBHOOK_EVENTS:
+                event = "other"
+            else:
+                series.webhook_events.add(event)
+        series.child(series.webhooks, event, outcome).inc()
+
+
+class _StoreCall:
+    """Times one store call and counts it while it waits for a pool slot; a span when exporting traces."""
+
+    __slots__ = ("operation", "limiter", "series", "started", "span")
+
+    def __init__(self, operation: str, limiter: anyio.CapacityLimiter, series: Series | None) -> None:
+        self.operation = operation
+        self.limiter = limiter
+        self.series = series
+        self.span: Any = None
+
+    async def __aenter__(self) -> None:
+        if (series := self.series) is not None:
+            self.started = time.perf_counter()
+            if self.limiter.available_tokens < 1:  # this call will wait
+                series.set_waiting(self.limiter.statistics().tasks_waiting + 1)
+        if (otel := tracing.active) is not None:
+            self.span = otel.span(f"store {self.operation}", **{"db.operation.name": self.operation})
+            self.span.__enter__()
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        if self.span is not None:
+            self.span.__exit__(kind, error, tb)
+        if (series := self.series) is not None:
+            series.child(series.store, self.operation).observe(time.perf_counter() - self.started)
+            series.set_waiting(self.limiter.statistics().tasks_waiting)  # the slot it held went to the next in line
+
+
+class _NoStoreCall:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NOTHING = _NoStoreCall()
+
+
+def store_call(operation: str, limiter: anyio.CapacityLimiter) -> _StoreCall | _NoStoreCall:
+    """`async with store_call(name, limiter), limiter:` around every store call."""
+    if _recording is None and tracing.active is None:
+        return _NOTHING
+    return _StoreCall(operation, limiter, _recording)
+
+
+# -- GET /metrics ------------------------------------------------------------------------
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+class MetricsEndpoint:
+    """GET /metrics for Prometheus: `Authorization: Bearer <METRICS_TOKEN>`. Without METRICS_TOKEN the
+    route is off (404); a missing or wrong token is 401."""
+
+    def __init__(self, token: str | None, series: Series | None) -> None:
+        # Digests, compared in constant time: neither the token nor its length leaks through timing.
+        self._digest = _digest(token) if token else None
+        self.series = series
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._digest is None or self.series is None:
+            raise NotFound("Metrics are off: METRICS_TOKEN is not configured on the server.")
+        scheme, _, given = (raw_header(scope, b"authorization") or b"").decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(_digest(given.strip()), self._digest):
+            raise Unauthorized("A valid metrics token is required: Authorization: Bearer <METRICS_TOKEN>.")
+        self.series.flush()  # this worker's latest counts; the others' are at most FLUSH_EVERY old
+        body = await run_in_threadpool(self.series.exposition)
+        await BytesResponse.of(body, [(b"cache-control", b"no-store")], media_type=TEXT_FORMAT)(scope, receive, send)
