@@ -14,7 +14,7 @@ from service import docs, health
 from service.announcements import routes as announcement_routes
 from service.announcements.access import Announcements
 from service.announcements.store import open_store
-from service.errors import EXCEPTION_HANDLERS
+from service.errors import EXCEPTION_HANDLERS, UnhandledErrorMiddleware
 from service.github import routes as github_routes
 from service.github.cache import UpstreamCache
 from service.github.client import GitHubClient, build_http_client
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None, *, announcements_class: type[An
             yield
         logger.info("stopped: GitHub client and database connections closed")
 
-    middleware = [Middleware(RequestContextMiddleware, access_log=settings.access_log)]
+    middleware = [Middleware(UnhandledErrorMiddleware), Middleware(RequestContextMiddleware, access_log=settings.access_log)]
     if settings.cors_origins:
         middleware.append(
             Middleware(

@@ -16,6 +16,7 @@ from typing import IO
 import msgspec
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,6 +24,7 @@ from service.errors import PayloadTooLarge, problem_response
 from service.http import raw_header
 
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,200}")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before it was answered; never sent
 
 
 class AccessLine(msgspec.Struct):
@@ -78,6 +80,9 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except ClientDisconnect:
+            status = CLIENT_CLOSED_REQUEST
+            raise
         finally:
             if self.access_log:
                 self._log(scope, status, started, request_id)

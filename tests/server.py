@@ -32,16 +32,16 @@ def procfile_command(process: str = "web") -> str:
 
 @contextlib.contextmanager
 def procfile_server(
-    env: dict[str, str], *, cwd: Path, timeout: float = 30, log: Path | None = None
+    env: dict[str, str], *, cwd: Path, timeout: float = 30, log: Path | None = None, command: str | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """The Procfile's web command under bash, as Heroku runs it, with this interpreter.
-    Output (JSON log lines) goes to `log`, a file, so a busy server never blocks on a full pipe."""
+    """The Procfile's web command under bash, as Heroku runs it, with this interpreter (or `command`, run
+    the same way). Output (JSON log lines) goes to `log`, a file, so a busy server never blocks on a full pipe."""
     log = log or cwd / "server.log"
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)
     # HOST keeps test servers on loopback; PATH puts this interpreter first, as the venv would be on a dyno.
     full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", **env}
-    command = procfile_command()
+    command = command or procfile_command()
     output = log.open("ab")
     process = subprocess.Popen(
         ["bash", "-c", f"cd {shlex.quote(str(cwd))} && exec {command}"],

@@ -1,0 +1,90 @@
+"""Faults seen only by a real server process: what happens to the connection and the log after an
+unexpected error or a client that leaves mid-body."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.server import ROOT, procfile_server
+
+TOKEN = "faults-admin-token-0123456789"
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length body, read from a socket that stays open."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        part = sock.recv(65536)
+        if not part:
+            raise ConnectionError(f"the server closed the connection; received {received[:200]!r}")
+        received += part
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", "0")):
+        part = sock.recv(65536)
+        if not part:
+            raise ConnectionError("the server closed the connection mid-body")
+        body += part
+    return int(lines[0].split()[1]), headers, body
+
+
+def json_lines(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+def plain_lines(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if not line.startswith("{")]
+
+
+def wait_for(condition, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_an_unexpected_error_is_answered_logged_once_as_json_and_keeps_the_connection(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "PYTHONPATH": str(ROOT)}
+    with procfile_server(env, cwd=tmp_path, log=log, command="python -m tests.faulty_app") as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GET /_test/boom HTTP/1.1\r\nHost: x\r\nX-Request-ID: boom-1\r\n\r\n")
+            status, headers, body = read_response(sock)
+            assert status == 500 and headers["content-type"] == "application/problem+json"
+            assert headers["x-request-id"] == "boom-1" and "boom-1" in json.loads(body)["detail"]
+            assert headers.get("connection") != "close"
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # the same keep-alive connection
+            assert read_response(sock)[0] == 200
+        wait_for(lambda: any(line.get("path") == "/_test/boom" for line in json_lines(log)))
+    errors = [line for line in json_lines(log) if line["level"] == "error"]
+    assert len(errors) == 1, errors
+    assert errors[0]["request_id"] == "boom-1" and "RuntimeError: a bug the service did not foresee" in errors[0]["exc"]
+    assert [line["status"] for line in json_lines(log) if line.get("path") == "/_test/boom"] == [500]
+    assert not [line for line in plain_lines(log) if "Traceback" in line or "Exception" in line or "Error" in line]
+
+
+def test_a_client_leaving_mid_body_is_logged_as_its_doing_not_as_a_server_error(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "ADMIN_TOKEN": TOKEN}
+    with procfile_server(env, cwd=tmp_path, log=log) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        head = (f"POST /announcements HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nX-Request-ID: gone-1\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n")  # fmt: skip
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(head.encode() + b'{"title": "half')
+            time.sleep(0.3)  # the server is reading the body when the client goes
+        wait_for(lambda: any(line.get("request_id") == "gone-1" for line in json_lines(log)))
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(sock)[0] == 200
+    about_it = [line for line in json_lines(log) if line.get("request_id") == "gone-1"]
+    assert [(line["level"], line.get("status")) for line in about_it] == [("info", 499)]
+    assert not [line for line in json_lines(log) if line["level"] in ("error", "critical")]
+    assert not [line for line in plain_lines(log) if "Traceback" in line or "Exception" in line or "Error" in line]
