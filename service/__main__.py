@@ -21,6 +21,7 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "proxy_headers": True,
         "forwarded_allow_ips": "*",  # only Heroku's router can reach a dyno
         "timeout_keep_alive": 100,  # above the router's 90 s idle timeout, so the router closes first
+        "http": "service.connections:BoundedHeadProtocol",  # closes connections that never finish a request head
         "timeout_graceful_shutdown": 20,  # in-flight requests get 20 s of Heroku's 30 s before SIGKILL
         "access_log": False,  # the service writes its own JSON access line
         "log_level": settings.log_level,

@@ -3,13 +3,14 @@ unexpected error or a client that leaves mid-body."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import selectors
 import socket
 import time
 from pathlib import Path
 
-import pytest
-
+from service.connections import HEAD_TIMEOUT
 from tests.server import ROOT, procfile_server
 
 TOKEN = "faults-admin-token-0123456789"
@@ -88,3 +89,48 @@ def test_a_client_leaving_mid_body_is_logged_as_its_doing_not_as_a_server_error(
     assert [(line["level"], line.get("status")) for line in about_it] == [("info", 499)]
     assert not [line for line in json_lines(log) if line["level"] in ("error", "critical")]
     assert not [line for line in plain_lines(log) if "Traceback" in line or "Exception" in line or "Error" in line]
+
+
+def test_connections_that_never_finish_a_request_head_are_closed_and_idle_keep_alive_is_not(tmp_path: Path) -> None:
+    """Slowloris: connections that send nothing, or trickle a head a byte a second, are closed within
+    HEAD_TIMEOUT; a keep-alive connection idle after its response keeps uvicorn's longer keep-alive."""
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "ACCESS_LOG": "false"}
+    with procfile_server(env, cwd=tmp_path) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        address = (host, int(port))
+        kept_alive = socket.create_connection(address, timeout=10)
+        kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(kept_alive)[0] == 200
+        opened = time.monotonic()
+        selector = selectors.DefaultSelector()
+        held: dict[socket.socket, bool] = {}  # socket -> trickling
+        for n in range(200):
+            sock = socket.create_connection(address, timeout=10)
+            if n % 2:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+            held[sock] = bool(n % 2)
+        next_byte = time.monotonic() + 1
+        while held and time.monotonic() < opened + HEAD_TIMEOUT + 5:
+            for key, _ in selector.select(timeout=0.1):
+                sock = key.fileobj
+                with contextlib.suppress(BlockingIOError):
+                    if sock.recv(1024) == b"":  # closed by the server, without an answer
+                        selector.unregister(sock)
+                        del held[sock]
+                        sock.close()
+            if time.monotonic() >= next_byte:
+                for sock, trickling in held.items():
+                    if trickling:
+                        with contextlib.suppress(OSError):
+                            sock.send(b"X")
+                next_byte += 1
+                with socket.create_connection(address, timeout=10) as probe:  # the service keeps answering
+                    probe.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                    assert read_response(probe)[0] == 200
+        still_held = len(held)
+        assert still_held == 0, f"{still_held} connections still held {time.monotonic() - opened:.1f} s after opening"
+        kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # idle for longer than HEAD_TIMEOUT
+        assert read_response(kept_alive)[0] == 200
+        kept_alive.close()
