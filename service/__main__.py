@@ -34,7 +34,14 @@ def serve(settings: Settings) -> None:
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again once it is done; that
     # second one lands here and becomes a clean exit 0 instead of "killed by SIGTERM".
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run("service.app:app", **uvicorn_options(settings))  # type: ignore[arg-type]
+    options = uvicorn_options(settings)
+    if settings.web_concurrency == 1:
+        uvicorn.run("service.app:app", **options)  # type: ignore[arg-type]
+        return
+    from service.workers import Workers
+
+    config = uvicorn.Config("service.app:app", **options)  # type: ignore[arg-type]
+    Workers(config, sockets=[config.bind_socket()]).run()
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

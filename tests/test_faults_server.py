@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import selectors
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
+import httpx
+import pytest
+
 from service.connections import HEAD_TIMEOUT
+from tests.github_standin import GitHubStandIn
 from tests.server import ROOT, procfile_server
 
 TOKEN = "faults-admin-token-0123456789"
@@ -134,3 +141,53 @@ def test_connections_that_never_finish_a_request_head_are_closed_and_idle_keep_a
         kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # idle for longer than HEAD_TIMEOUT
         assert read_response(kept_alive)[0] == 200
         kept_alive.close()
+
+
+def server_side_connections(port: int) -> tuple[int, int]:
+    """(established, holding unread bytes) among the kernel's IPv4 sockets whose local port is `port`."""
+    established = unread = 0
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
+            established += 1
+            unread += int(fields[4].split(":")[1], 16) > 0  # rx_queue
+    return established, unread
+
+
+@pytest.mark.parametrize("target", ["parent", "process group"])
+def test_with_two_workers_sigterm_refuses_new_connections_at_once_and_finishes_in_flight_ones(tmp_path: Path, target: str) -> None:
+    """As with one worker: Heroku signals the whole process group; a plain `kill` signals the parent."""
+    with GitHubStandIn(count=30) as github:
+        github.hold = threading.Event()  # upstream answers wait until after SIGTERM
+        env = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "GITHUB_OWNER": github.owner, "GITHUB_API_URL": github.url,
+               "GITHUB_TIMEOUT": "20", "WEB_CONCURRENCY": "2", "ACCESS_LOG": "false"}  # fmt: skip
+        with procfile_server(env, cwd=tmp_path) as (url, process):
+            port = int(url.rsplit(":", 1)[1])
+            results: list[int | str] = []
+
+            def one() -> None:
+                try:
+                    results.append(httpx.get(f"{url}/github/repos", timeout=30).status_code)
+                except httpx.HTTPError as exc:
+                    results.append(type(exc).__name__)
+
+            clients = [threading.Thread(target=one) for _ in range(10)]
+            for thread in clients:
+                thread.start()
+            wait_for(lambda: server_side_connections(port) == (10, 0))  # sent, accepted and read by a worker
+            assert results == [], "requests must still be in flight when SIGTERM arrives"
+            if target == "parent":
+                process.send_signal(signal.SIGTERM)
+            else:
+                os.killpg(process.pid, signal.SIGTERM)
+            time.sleep(0.3)
+            for _ in range(5):
+                with pytest.raises(ConnectionRefusedError):
+                    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                time.sleep(0.1)
+            github.hold.set()
+            exit_code = process.wait(timeout=25)
+            for thread in clients:
+                thread.join(timeout=10)
+    assert results == [200] * 10
+    assert exit_code == 0
