@@ -155,7 +155,9 @@ def server_side_connections(port: int) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("target", ["parent", "process group"])
-def test_with_two_workers_sigterm_refuses_new_connections_at_once_and_finishes_in_flight_ones(tmp_path: Path, target: str) -> None:
+def test_with_two_workers_sigterm_refuses_new_connections_at_once_and_finishes_in_flight_ones(
+    tmp_path: Path, target: str
+) -> None:
     """As with one worker: Heroku signals the whole process group; a plain `kill` signals the parent."""
     with GitHubStandIn(count=30) as github:
         github.hold = threading.Event()  # upstream answers wait until after SIGTERM
