@@ -27,6 +27,7 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "proxy_headers": True,
         "forwarded_allow_ips": "*",  # only Heroku's router can reach a dyno
         "timeout_keep_alive": 100,  # above the router's 90 s idle timeout, so the router closes first
+        "http": "service.connections:BoundedHeadProtocol",  # closes connections that never finish a request head
         "timeout_graceful_shutdown": 20,  # in-flight requests get 20 s of Heroku's 30 s before SIGKILL
         "access_log": False,  # the service writes its own JSON access line
         "log_level": settings.log_level,
@@ -47,8 +48,15 @@ def serve(settings: Settings) -> None:
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again once it is done; that
     # second one lands here and becomes a clean exit 0 instead of "killed by SIGTERM".
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    options = uvicorn_options(settings)
     try:
-        uvicorn.run("service.app:app", **uvicorn_options(settings))  # type: ignore[arg-type]
+        if settings.web_concurrency == 1:
+            uvicorn.run("service.app:app", **options)  # type: ignore[arg-type]
+            return
+        from service.workers import Workers
+
+        config = uvicorn.Config("service.app:app", **options)  # type: ignore[arg-type]
+        Workers(config, sockets=[config.bind_socket()]).run()
     finally:
         if made:
             shutil.rmtree(made, ignore_errors=True)

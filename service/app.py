@@ -17,7 +17,7 @@ from service import docs, health, metrics, tracing
 from service.announcements import routes as announcement_routes
 from service.announcements.access import Announcements
 from service.announcements.store import open_store
-from service.errors import EXCEPTION_HANDLERS
+from service.errors import EXCEPTION_HANDLERS, UnhandledErrorMiddleware
 from service.github import routes as github_routes
 from service.github.cache import UpstreamCache
 from service.github.client import GitHubClient, build_http_client
@@ -66,7 +66,10 @@ def create_app(
             yield
         logger.info("stopped: GitHub client and database connections closed")
 
-    middleware = [Middleware(RequestContextMiddleware, access_log=settings.access_log, metrics=series, otel=otel)]
+    middleware = [
+        Middleware(UnhandledErrorMiddleware),
+        Middleware(RequestContextMiddleware, access_log=settings.access_log, metrics=series, otel=otel),
+    ]
     if settings.cors_origins:
         middleware.append(
             Middleware(

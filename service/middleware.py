@@ -16,6 +16,7 @@ from typing import IO
 import msgspec
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +27,7 @@ from service.metrics import Series
 from service.tracing import OpenTelemetry, RequestIds, TraceParent, new_span_id, new_trace_id, parse_traceparent
 
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,200}")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before it was answered; never sent
 
 
 class AccessLine(msgspec.Struct):
@@ -107,6 +109,9 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except ClientDisconnect:
+            status = CLIENT_CLOSED_REQUEST
+            raise
         finally:
             seconds = time.perf_counter() - started
             if self.metrics is not None or otel is not None:

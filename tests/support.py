@@ -163,9 +163,16 @@ class _PortTaken(Exception):
 
 @contextlib.contextmanager
 def procfile_server(
-    env: dict[str, str], *, cwd: Path, timeout: float = 30, log: Path | None = None, errors: Path | None = None
+    env: dict[str, str],
+    *,
+    cwd: Path,
+    timeout: float = 30,
+    log: Path | None = None,
+    errors: Path | None = None,
+    command: str | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """The Procfile's web command under bash, as Heroku runs it, with this interpreter.
+    """The Procfile's web command under bash, as Heroku runs it, with this interpreter (or `command`, run
+    the same way).
     Output (JSON log lines) goes to `log`, a file, so a busy server never blocks on a full pipe;
     stderr too, unless `errors` names a file of its own for it.
 
@@ -175,7 +182,7 @@ def procfile_server(
     log = log or cwd / "server.log"
     for attempt in range(3):
         try:
-            with _procfile_server_once(env, cwd=cwd, timeout=timeout, log=log, errors=errors) as started:
+            with _procfile_server_once(env, cwd=cwd, timeout=timeout, log=log, errors=errors, command=command) as started:
                 yield started
             return
         except _PortTaken:
@@ -185,13 +192,13 @@ def procfile_server(
 
 @contextlib.contextmanager
 def _procfile_server_once(
-    env: dict[str, str], *, cwd: Path, timeout: float, log: Path, errors: Path | None
+    env: dict[str, str], *, cwd: Path, timeout: float, log: Path, errors: Path | None, command: str | None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)
     # HOST keeps test servers on loopback; PATH puts this interpreter first, as the venv would be on a dyno.
     full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", **env}
-    command = procfile_command()
+    command = command or procfile_command()
     stderr_file = errors or log
     start_of_log = stderr_file.stat().st_size if stderr_file.exists() else 0
     output = log.open("ab")

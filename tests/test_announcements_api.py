@@ -297,7 +297,7 @@ async def test_unreachable_database_is_503_while_other_endpoints_work(make_setti
         ready = await client.get("/health/ready")
         probe_seconds = time.monotonic() - probe_started
     problem = assert_problem(listed, 503)
-    assert problem["title"] == "Database unavailable" and listed.headers["retry-after"] == "5"
+    assert problem["title"] == "Database unavailable" and listed.headers["retry-after"] == "2"
     assert health.status_code == 200
     assert ready.status_code == 503 and ready.json()["checks"]["database"]["status"] == "failing"
     # A deadline, not a speed: the probe gives up after 1 s, while a request waits up to 5 s for a connection.

@@ -25,18 +25,15 @@ async def test_wrong_method_is_405_problem_with_allow(client: httpx.AsyncClient)
 async def test_unexpected_exception_is_generic_500_with_request_id(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = app_with_test_routes(make_settings())
-    async with app.router.lifespan_context(app):
-        # ServerErrorMiddleware re-raises after answering, so the server can log it; ASGITransport would too.
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            response = await client.get("/_test/boom", headers={"X-Request-ID": "trace-me-1"})
+    async with running(app_with_test_routes(make_settings())) as client:
+        # The error ends in the service's outermost layer: ASGITransport would re-raise one that escaped.
+        response = await client.get("/_test/boom", headers={"X-Request-ID": "trace-me-1"})
     problem = assert_problem(response, 500)
     assert "trace-me-1" in problem["detail"]
     assert "hunter2" not in response.text and "Traceback" not in response.text
     assert response.headers["x-content-type-options"] == "nosniff"
     logged = [r for r in caplog.records if r.name == "service.errors"]
-    assert logged and logged[0].request_id == "trace-me-1" and logged[0].exc_info
+    assert len(logged) == 1 and logged[0].request_id == "trace-me-1" and logged[0].exc_info
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@ and the admin-token check. Built once in the lifespan; routes get it, not its pa
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import hmac
 from collections.abc import Callable
@@ -15,8 +17,9 @@ from starlette.concurrency import run_in_threadpool
 from service import metrics
 from service.announcements.models import Announcement, AnnouncementPage, AnnouncementPatch, ListQuery, NewAnnouncement
 from service.announcements.models import decode_cursor, encode_cursor
-from service.announcements.store import AnnouncementStore
-from service.errors import Forbidden, NotFound, Unauthorized
+from service.announcements.breaker import Breaker
+from service.announcements.store import CALL_TIMEOUT, AnnouncementStore, Caller, StoreUnavailable, run_for
+from service.errors import ApiError, Forbidden, NotFound, Unauthorized
 from service.http import EntityTags
 from service.readiness import Check
 
@@ -46,11 +49,51 @@ class Announcements:
         self._admin_digest = _digest(admin_token) if admin_token else None
         # At most the pool's size of store calls at once; callers beyond wait here, not in a worker thread.
         self._limiter = anyio.CapacityLimiter(concurrency)
+        self._breaker = Breaker()
 
     async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Every store call: blocking, so off the event loop, and at most `concurrency` at once."""
+        """Every store call: blocking, so off the event loop; at most `concurrency` at once; and refused at
+        once while the database is known to be down (see `Breaker`)."""
+        self._breaker.check()
         async with metrics.store_call(method.__name__, self._limiter), self._limiter:
-            return await run_in_threadpool(method, *args, **kwargs)
+            probe = self._breaker.admit()  # again: it may have opened while this call waited for a slot
+            try:
+                result = await self._in_thread(method, *args, **kwargs)
+            except StoreUnavailable as exc:
+                self._breaker.failed(probe, exc)
+                raise
+            except ApiError:  # the database answered: not found, If-Match failed, …
+                self._breaker.succeeded(probe)
+                raise
+            except BaseException:
+                self._breaker.abandoned(probe)
+                raise
+            self._breaker.succeeded(probe)
+            return result
+
+    async def _in_thread(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`run_in_threadpool`, but a call not back within CALL_TIMEOUT is given up: run_in_threadpool waits
+        for its thread whatever happens, so a frozen database would hold every request for ever. The thread
+        ends on its own; a write it was making is rolled back (`Caller`), unless its commit is under way:
+        that outcome is unknown, so the request waits on and its own deadline answers 504, not a 503 that
+        invites a retry."""
+        caller = Caller()
+        with anyio.CancelScope() as scope:
+
+            def give_up() -> None:
+                if caller.give_up():
+                    scope.cancel()
+
+            timer = asyncio.get_running_loop().call_later(CALL_TIMEOUT, give_up)
+            try:
+                call = functools.partial(run_for, caller, method, *args, **kwargs)
+                return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+            except BaseException:  # cancelled (timed out, request deadline, shutdown) or failed
+                caller.give_up()
+                raise
+            finally:
+                timer.cancel()
+        raise StoreUnavailable(f"The {self.store.kind} database did not answer within {CALL_TIMEOUT:g} s.")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -63,7 +106,10 @@ class Announcements:
         await run_in_threadpool(self.store.close)
 
     async def readiness(self) -> Check:
-        ok, detail = await self.call(self.store.readiness)
+        try:
+            ok, detail = await self.call(self.store.readiness)
+        except StoreUnavailable as exc:
+            return Check("failing", exc.detail)
         return Check("ok" if ok else "failing", detail)
 
     # -- who is asking -----------------------------------------------------------------------

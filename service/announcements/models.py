@@ -10,8 +10,11 @@ import msgspec
 
 from service.errors import FieldError, InvalidInput
 
-Title = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"\S")]
-Body = Annotated[str, msgspec.Meta(min_length=1, max_length=20_000, pattern=r"\S", description="Markdown text")]
+# Some non-space text and no NUL anywhere: PostgreSQL's text type cannot hold U+0000 (SQLite can), so both
+# stores refuse it alike, as a 422 naming the field. Linear to match; openapi.yaml carries the same pattern.
+TEXT = r"^\s*[^\s\x00][^\x00]*$"
+Title = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=TEXT)]
+Body = Annotated[str, msgspec.Meta(min_length=1, max_length=20_000, pattern=TEXT, description="Markdown text")]
 Tag = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,32}$")]
 Tags = Annotated[list[Tag], msgspec.Meta(max_length=10)]
 Time = Annotated[datetime, msgspec.Meta(tz=True)]  # RFC 3339 with an offset; stored in UTC

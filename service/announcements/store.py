@@ -1,6 +1,6 @@
 """Where announcements live: one interface over SQLite (stdlib sqlite3) and PostgreSQL (psycopg 3 + pool).
 
-Every method blocks; endpoints call them through `run_in_threadpool` only. Both databases share the
+Every method blocks; endpoints call them through `Announcements.call`, in a worker thread, only. Both databases share the
 SQL below (times are integer microseconds since the epoch, UTC); only connections, placeholders and
 DDL differ. Writes are one transaction each, so a failed request writes nothing.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -33,9 +33,13 @@ from service.http import EntityTags
 
 POOL_TIMEOUT = 5.0  # seconds to wait for a PostgreSQL connection before answering 503
 READINESS_TIMEOUT = 1.0  # a readiness probe is polled every few seconds: it must not hang for long
+CALL_TIMEOUT = 6.0  # seconds a store call may take before the database counts as hanging (frozen, cut off)
+RETRY_AFTER = 2  # seconds a 503 tells clients to wait; also how long calls are refused before one probes
+RECONNECT_TIMEOUT = 5.0  # the pool gives up a reconnection series after this; the next call starts a new one
 STATEMENT_TIMEOUT_MS = 5000
 SQLITE_BUSY_TIMEOUT_MS = 5000
 MAX_ID = 2**63 - 1
+T = TypeVar("T")
 
 # (version, name, {dialect: DDL}); applied in order, each once, recorded in schema_migrations.
 MIGRATIONS: list[tuple[int, str, dict[str, str]]] = [
@@ -87,8 +91,43 @@ _tags_decoder = msgspec.json.Decoder(list[str])
 class StoreUnavailable(ServiceUnavailable):
     slug = "database-unavailable"
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail, retry_after=5, title="Database unavailable")
+    def __init__(self, detail: str, *, retry_after: int = RETRY_AFTER) -> None:
+        super().__init__(detail, retry_after=retry_after, title="Database unavailable")
+
+
+class Caller:
+    """The request a store call runs for, as its worker thread sees it. A caller that stops waiting (the
+    call timed out, the request was cancelled) has its write rolled back instead of committed, so a write
+    answered 503 is never saved behind its back; only a commit already under way has an unknown outcome."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._gave_up = False
+        self._committing = False
+
+    def give_up(self) -> bool:
+        """Stop waiting. False if it is too late for that: the commit is under way."""
+        with self._lock:
+            self._gave_up = True
+            return not self._committing
+
+    def begin_commit(self) -> None:
+        with self._lock:
+            if self._gave_up:
+                raise StoreUnavailable("The caller stopped waiting; the write was rolled back.")
+            self._committing = True
+
+
+_running_for = threading.local()
+
+
+def run_for(caller: Caller, method: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Call a store method in this worker thread on behalf of `caller`."""
+    _running_for.caller = caller
+    try:
+        return method(*args, **kwargs)
+    finally:
+        _running_for.caller = None
 
 
 class AnnouncementStore(Protocol):
@@ -144,6 +183,9 @@ class SqlStore:
         try:
             with self._connection(write=write, timeout=timeout) as conn:
                 yield conn
+                caller: Caller | None = getattr(_running_for, "caller", None)
+                if write and caller is not None:
+                    caller.begin_commit()  # raises, so rolls back, if the request no longer waits for it
         except self.unavailable_errors as exc:
             if self._is_missing_schema(exc):
                 raise StoreUnavailable(f"{self.kind}: the schema is not migrated; run python -m service migrate") from exc
@@ -183,11 +225,9 @@ class SqlStore:
         """Keeps two processes from migrating at once (SQLite's write transaction already does)."""
 
     def readiness(self) -> tuple[bool, str]:
-        try:
-            with self._transaction(write=False, timeout=READINESS_TIMEOUT) as conn:
-                version = self._execute(conn, "SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0
-        except StoreUnavailable as exc:
-            return False, str(exc.detail)
+        """(False, why) for a schema behind the code; StoreUnavailable if the database cannot be used."""
+        with self._transaction(write=False, timeout=READINESS_TIMEOUT) as conn:
+            version = self._execute(conn, "SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0
         if version < LATEST_VERSION:
             return False, f"{self.kind}: schema at version {version} of {LATEST_VERSION}; run python -m service migrate"
         return True, f"{self.kind}, schema version {version}"
@@ -373,6 +413,9 @@ class PostgresStore(SqlStore):
             max_size=pool_size,
             timeout=POOL_TIMEOUT,
             check=psycopg_pool.ConnectionPool.check_connection,
+            # Its default (5 min) lets reconnection attempts back off to minutes apart, so a database back
+            # up would go unnoticed that long; a short series, restarted by the next call, notices in seconds.
+            reconnect_timeout=RECONNECT_TIMEOUT,
             open=False,
             name="announcements",
         )
