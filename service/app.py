@@ -13,11 +13,12 @@ from starlette.middleware import Middleware
 from service import docs, health
 from service.announcements import routes as announcement_routes
 from service.announcements.access import Announcements
-from service.announcements.store import open_store
+from service.announcements.store import SqlStore, open_store
 from service.errors import EXCEPTION_HANDLERS
 from service.github import routes as github_routes
 from service.github.cache import UpstreamCache
 from service.github.client import GitHubClient, build_http_client
+from service.github.shared import SharedTier
 from service.middleware import CorsMiddleware, RequestContextMiddleware, RequestLimitsMiddleware
 from service.settings import Settings, load_settings, settings_or_exit
 
@@ -33,12 +34,6 @@ def create_app(settings: Settings | None = None, *, announcements_class: type[An
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as resources:
             http = await resources.enter_async_context(build_http_client(api_url=settings.github_api_url, token=settings.github_token))
-            app.state.github = github = GitHubClient(
-                http,
-                owner=settings.github_owner,
-                cache=UpstreamCache(ttl=settings.github_cache_ttl, stale_ttl=settings.github_stale_ttl),
-                timeout=settings.github_timeout,
-            )
             app.state.announcements = announcements = announcements_class(
                 open_store(settings.database_url, pool_size=settings.database_pool_size),
                 admin_token=settings.admin_token,
@@ -46,6 +41,17 @@ def create_app(settings: Settings | None = None, *, announcements_class: type[An
             )
             await announcements.start()
             resources.push_async_callback(announcements.stop)
+            # GitHub answers are shared by every process through the same database.
+            store = announcements.store
+            cache = UpstreamCache(
+                ttl=settings.github_cache_ttl,
+                stale_ttl=settings.github_stale_ttl,
+                timeout=settings.github_timeout,
+                shared=SharedTier(store, token=settings.github_token) if isinstance(store, SqlStore) else None,
+            )
+            app.state.github = github = GitHubClient(http, owner=settings.github_owner, cache=cache)
+            cache.start()
+            resources.push_async_callback(cache.close)
             app.state.readiness = {"database": announcements.readiness, "github": github.readiness}
             logger.info("started: %s database, GitHub owner %s", announcements.store.kind, settings.github_owner or "(not configured)")
             yield

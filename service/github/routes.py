@@ -48,8 +48,9 @@ async def get_repository(request: Request) -> BytesResponse:
     if not is_valid_repository_name(name):
         raise NotFound("Not a valid repository name.")
     github = _github(request)
-    lookup = await github.repository(name)
-    return _cached_response(request, lookup, _WHOLE, lambda: _encoder.encode(lookup.entry.value))
+    lookup, repository = await github.repository(name)
+    # Usually a view of the list entry: one encoded answer per repository, kept with the list.
+    return _cached_response(request, lookup, ("repository", repository.name), lambda: _encoder.encode(repository))
 
 
 async def get_owner(request: Request) -> BytesResponse:
