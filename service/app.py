@@ -19,6 +19,7 @@ from service.github import routes as github_routes
 from service.github.cache import UpstreamCache
 from service.github.client import GitHubClient, build_http_client
 from service.github.shared import SharedTier
+from service.github.webhook import WEBHOOK_MAX_BODY_BYTES, WebhookReceiver
 from service.middleware import CorsMiddleware, RequestContextMiddleware, RequestLimitsMiddleware
 from service.settings import Settings, load_settings, settings_or_exit
 
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, *, announcements_class: type[An
                 shared=SharedTier(store, token=settings.github_token) if isinstance(store, SqlStore) else None,
             )
             app.state.github = github = GitHubClient(http, owner=settings.github_owner, cache=cache)
+            app.state.github_webhook = WebhookReceiver(github, secret=settings.github_webhook_secret)
             cache.start()
             resources.push_async_callback(cache.close)
             app.state.readiness = {"database": announcements.readiness, "github": github.readiness}
@@ -69,7 +71,14 @@ def create_app(settings: Settings | None = None, *, announcements_class: type[An
                 max_age=600,
             )
         )
-    middleware.append(Middleware(RequestLimitsMiddleware, timeout=settings.request_timeout, max_body_bytes=settings.max_body_bytes))
+    middleware.append(
+        Middleware(
+            RequestLimitsMiddleware,
+            timeout=settings.request_timeout,
+            max_body_bytes=settings.max_body_bytes,
+            body_limits={"/github/webhook": WEBHOOK_MAX_BODY_BYTES},
+        )
+    )
     app = Starlette(
         routes=[*health.routes, *github_routes.routes, *announcement_routes.routes, *docs.build_routes()],
         middleware=middleware,

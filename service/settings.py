@@ -32,6 +32,7 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     github_timeout: Annotated[float, msgspec.Meta(gt=0, le=29)] = 10.0
     github_cache_ttl: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 300.0
     github_stale_ttl: Annotated[float, msgspec.Meta(ge=0, le=30 * 86400)] = 86400.0
+    github_webhook_secret: Annotated[str, msgspec.Meta(min_length=16, max_length=512)] | None = None
     database_url: Annotated[str, msgspec.Meta(pattern=r"^(sqlite|postgres|postgresql)://")] = DEFAULT_DATABASE_URL
     database_pool_size: Annotated[int, msgspec.Meta(ge=1, le=40)] = 5
     admin_token: Annotated[str, msgspec.Meta(min_length=16, max_length=512)] | None = None
@@ -46,7 +47,7 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
         return view
 
 
-SECRETS = ("GITHUB_TOKEN", "ADMIN_TOKEN")
+SECRETS = ("GITHUB_TOKEN", "ADMIN_TOKEN", "GITHUB_WEBHOOK_SECRET")
 
 # What a good value looks like, for the one-line start-up error.
 EXPECTED = {
@@ -64,6 +65,7 @@ EXPECTED = {
     "GITHUB_TIMEOUT": "a number of seconds above 0 and at most 29 (Heroku's router gives up at 30)",
     "GITHUB_CACHE_TTL": "a number of seconds from 0 to 86400",
     "GITHUB_STALE_TTL": "a number of seconds from 0 to 2592000",
+    "GITHUB_WEBHOOK_SECRET": "the webhook's secret as set on GitHub, 16 to 512 characters",
     "DATABASE_URL": "sqlite:///path/to/file.db, postgres://user:password@host:port/dbname or postgresql://…",
     "DATABASE_POOL_SIZE": "an integer from 1 to 40 (connections per worker process)",
     "ADMIN_TOKEN": "a secret of 16 to 512 characters",
