@@ -42,13 +42,11 @@ def create_app(settings: Settings | None = None, *, announcements_class: type[An
             )
             await announcements.start()
             resources.push_async_callback(announcements.stop)
-            # GitHub answers are shared by every process through the same database.
+            # GitHub answers are shared by every process through the same database (with an owner to serve).
             store = announcements.store
+            shared = SharedTier(store, token=settings.github_token) if isinstance(store, SqlStore) and settings.github_owner else None
             cache = UpstreamCache(
-                ttl=settings.github_cache_ttl,
-                stale_ttl=settings.github_stale_ttl,
-                timeout=settings.github_timeout,
-                shared=SharedTier(store, token=settings.github_token) if isinstance(store, SqlStore) else None,
+                ttl=settings.github_cache_ttl, stale_ttl=settings.github_stale_ttl, timeout=settings.github_timeout, shared=shared
             )
             app.state.github = github = GitHubClient(http, owner=settings.github_owner, cache=cache)
             app.state.github_webhook = WebhookReceiver(github, secret=settings.github_webhook_secret)

@@ -121,12 +121,10 @@ class GitHubClient:
 
     async def profile(self) -> Lookup:
         """The owner's profile (also tells whether the owner is a user or an organisation)."""
-        self._require_owner()
         return await self.cache.get(self._owner_key, self._owner_source)
 
     async def repositories(self) -> Lookup:
         """Every public repository of the owner, all pages."""
-        self._require_owner()
         return await self.cache.get(self._list_key, self._list_source)
 
     async def repository(self, name: str) -> tuple[Lookup, Repository]:
@@ -135,7 +133,6 @@ class GitHubClient:
         A listed name is answered from the repository list, which is fetched first if there is none
         (one call for every name asked for meanwhile). Only a name not on the list (renamed, made up)
         is looked up on its own, within the unknown-name budget; one timeout covers both steps."""
-        self._require_owner()
         since = self.clock()
         listing = await self.cache.get(self._list_key, self._list_source, since=since)
         found = self._by_name(listing.entry).get(name.lower())

@@ -51,8 +51,8 @@ async def get_repository(request: Request) -> BytesResponse:
         raise NotFound("Not a valid repository name.")
     github = _github(request)
     lookup, repository = await github.repository(name)
-    # Usually a view of the list entry: one encoded answer per repository, kept with the list.
-    return _cached_response(request, lookup, ("repository", repository.name), lambda: _encoder.encode(repository))
+    # Usually a view of the list entry (keyed by the name, beside the queries' views), kept with the list.
+    return _cached_response(request, lookup, repository.name, lambda: _encoder.encode(repository))
 
 
 async def get_owner(request: Request) -> BytesResponse:
