@@ -43,8 +43,9 @@ def create_app(settings: Settings | None = None, *, announcements_class: type[An
             await announcements.start()
             resources.push_async_callback(announcements.stop)
             # GitHub answers are shared by every process through the same database (with an owner to serve).
-            store = announcements.store
-            shared = SharedTier(store, token=settings.github_token) if isinstance(store, SqlStore) and settings.github_owner else None
+            store, shared = announcements.store, None
+            if isinstance(store, SqlStore) and settings.github_owner:
+                shared = SharedTier(store, token=settings.github_token)
             cache = UpstreamCache(
                 ttl=settings.github_cache_ttl, stale_ttl=settings.github_stale_ttl, timeout=settings.github_timeout, shared=shared
             )

@@ -163,7 +163,9 @@ class RequestLimitsMiddleware:
 
     SWEEP_EVERY = 0.1
 
-    def __init__(self, app: ASGIApp, *, timeout: float, max_body_bytes: int, body_limits: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, timeout: float, max_body_bytes: int, body_limits: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes

@@ -138,7 +138,7 @@ async def test_validators_are_not_reused_under_another_token(standin, process) -
     await anyio.sleep(0.3)
     async with process(GITHUB_TOKEN="ghp_second_token_000", GITHUB_CACHE_TTL="0.2", GITHUB_STALE_TTL="0") as second:
         response = await second.get("/github/repos")
-    first_call, second_call = standin.calls_to(LIST)
+    _, second_call = standin.calls_to(LIST)
     assert response.status_code == 200 and response.headers["x-cache"] == "miss"
     assert "if-none-match" not in second_call.headers, "an ETag obtained with another token was sent"
     assert second_call.headers["authorization"] == "Bearer ghp_second_token_000"

@@ -31,10 +31,14 @@ Server = tuple[str, subprocess.Popen[bytes], Path]  # url, process, log
 
 
 @pytest.fixture
-def deployment(tmp_path: Path, standin: GitHubStandIn, database_url: str) -> Iterator[Callable[..., contextlib.AbstractContextManager[Server]]]:
+def deployment(
+    tmp_path: Path, standin: GitHubStandIn, database_url: str
+) -> Iterator[Callable[..., contextlib.AbstractContextManager[Server]]]:
     """Starts servers that share one database, migrated first as Heroku's release phase does."""
     env = {**os.environ, "DATABASE_URL": database_url}
-    subprocess.run([sys.executable, "-m", "service", "migrate"], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "service", "migrate"], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=60
+    )
     count = iter(range(100))
 
     @contextlib.contextmanager
@@ -70,7 +74,11 @@ def served_by(log: Path, request_id: str) -> int | None:
 
 
 def access_lines(log: Path) -> list[dict[str, object]]:
-    return [entry for entry in map(json.loads, filter(lambda line: line.startswith("{"), log.read_text().splitlines())) if entry.get("msg") == "request"]
+    return [
+        entry
+        for entry in map(json.loads, filter(lambda line: line.startswith("{"), log.read_text().splitlines()))
+        if entry.get("msg") == "request"
+    ]
 
 
 def steady_traffic(urls: list[str], seconds: float, paths: list[str]) -> int:
@@ -90,8 +98,17 @@ def steady_traffic(urls: list[str], seconds: float, paths: list[str]) -> int:
 
 def test_four_processes_fetch_the_list_about_once_per_ttl_and_listed_repositories_cost_nothing(deployment, standin) -> None:  # type: ignore[no-untyped-def]
     ttl, seconds = 2.0, 12.0
-    paths = ["/github/repos", "/github/repos/project-001", "/github/repos?sort=name", "/github/repos/PROJECT-013", "/github/owner"]
-    with deployment(GITHUB_CACHE_TTL=str(ttl)) as (first, _, first_log), deployment(GITHUB_CACHE_TTL=str(ttl)) as (second, _, second_log):
+    paths = [
+        "/github/repos",
+        "/github/repos/project-001",
+        "/github/repos?sort=name",
+        "/github/repos/PROJECT-013",
+        "/github/owner",
+    ]
+    with (
+        deployment(GITHUB_CACHE_TTL=str(ttl)) as (first, _, first_log),
+        deployment(GITHUB_CACHE_TTL=str(ttl)) as (second, _, second_log),
+    ):
         sent = steady_traffic([first, second], seconds, paths)
     periods = math.ceil(seconds / ttl)
     lists = len(standin.calls_to(LIST))
@@ -156,7 +173,9 @@ def test_webhook_refreshes_every_process_within_2_seconds(deployment, standin) -
 
         delivery = str(uuid.uuid4())
         delivered = time.monotonic()
-        accepted = httpx.post(f"{first}/github/webhook", content=body, headers=delivery_headers(SECRET, body, event="star", delivery=delivery))
+        accepted = httpx.post(
+            f"{first}/github/webhook", content=body, headers=delivery_headers(SECRET, body, event="star", delivery=delivery)
+        )
         answers: list[tuple[tuple[str, int | None], float, bool]] = []  # (server, worker pid), seconds after, fresh
 
         def ask(url: str, log: Path) -> None:
@@ -174,7 +193,9 @@ def test_webhook_refreshes_every_process_within_2_seconds(deployment, standin) -
                 thread.start()
             for thread in round_:
                 thread.join(timeout=15)
-        replayed = httpx.post(f"{second}/github/webhook", content=body, headers=delivery_headers(SECRET, body, event="star", delivery=delivery))
+        replayed = httpx.post(
+            f"{second}/github/webhook", content=body, headers=delivery_headers(SECRET, body, event="star", delivery=delivery)
+        )
         refreshes = len(standin.calls_to(LIST)) - lists
         time.sleep(1.5)
         after_replay = len(standin.calls_to(LIST)) - lists

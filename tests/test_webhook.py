@@ -86,7 +86,10 @@ async def test_signed_delivery_refreshes_every_process_within_2_seconds(standin,
     [
         {"X-GitHub-Event": "push", "X-GitHub-Delivery": "d-1"},  # unsigned
         {"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64},
-        {"X-GitHub-Event": "push", "X-Hub-Signature-256": signature("another-secret-0123456789", push_payload("octo-dev", "project-001"))},
+        {
+            "X-GitHub-Event": "push",
+            "X-Hub-Signature-256": signature("another-secret-0123456789", push_payload("octo-dev", "project-001")),
+        },
         {"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha1=0123"},
         {"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=ünicode".encode("latin-1")},
     ],
@@ -108,7 +111,9 @@ async def test_missing_or_wrong_signature_is_401_and_changes_nothing(standin, pr
 async def test_signature_is_checked_before_the_body_is_read(standin, process) -> None:  # type: ignore[no-untyped-def]
     async with process() as client:
         response = await client.post(
-            "/github/webhook", content=b"{not json", headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64}
+            "/github/webhook",
+            content=b"{not json",
+            headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64},
         )
     assert_problem(response, 401)
 
@@ -120,7 +125,9 @@ async def test_replayed_delivery_is_acknowledged_and_not_acted_on_again(standin,
         body = push_payload("octo-dev", "project-001")
         headers = signed(body, delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958")
         first = await receiver.post("/github/webhook", content=body, headers=headers)
-        await poll(lambda: other.get(EVERYTHING), until=lambda r: r.headers["x-cache"] == "hit" and len(standin.calls_to(LIST)) == 2)
+        await poll(
+            lambda: other.get(EVERYTHING), until=lambda r: r.headers["x-cache"] == "hit" and len(standin.calls_to(LIST)) == 2
+        )
         replayed = await other.post("/github/webhook", content=body, headers=headers)  # a redelivery, to another process
         calls = len(standin.calls)
         await anyio.sleep(1.5)  # both processes' watchers look at the change counter again (every second)
@@ -218,7 +225,9 @@ async def test_form_encoded_delivery_is_read_too(standin, process) -> None:  # t
         ({"Content-Type": "application/x-www-form-urlencoded"}, b"other=1", 400),
     ],
 )
-async def test_signed_but_unreadable_delivery_is_a_problem(standin, process, headers: dict[str, str], body: bytes, status: int) -> None:  # type: ignore[no-untyped-def]
+async def test_signed_but_unreadable_delivery_is_a_problem(
+    standin, process, headers: dict[str, str], body: bytes, status: int
+) -> None:  # type: ignore[no-untyped-def]
     async with process() as client:
         response = await client.post("/github/webhook", content=body, headers={**signed(body), **headers})
     assert_problem(response, status)

@@ -141,7 +141,9 @@ class UpstreamCache:
         self.shared = shared
         self.clock = clock  # wall-clock time: processes compare it through the shared tier
         # Browsers and CDNs may keep an answer a minute, and use it while we refresh or while the upstream fails.
-        self.cache_control = f"public, max-age={min(60, int(ttl))}, stale-while-revalidate={int(ttl)}, stale-if-error={int(stale_ttl)}".encode()
+        self.cache_control = (
+            f"public, max-age={min(60, int(ttl))}, stale-while-revalidate={int(ttl)}, stale-if-error={int(stale_ttl)}".encode()
+        )
         # After a failed refresh, the stale copy is served this long before the next try.
         self.retry_after = min(max(ttl, 1.0), 30.0)
         self._entries: dict[str, Entry] = {}
@@ -245,7 +247,9 @@ class UpstreamCache:
             )
             return self._lookup(entry, "revalidated")
         raw = source.codec.encode(result.value)
-        fresh = self._entries[key] = Entry(result.value, result.validators, started, self._fresh_until(key, started), _digest(raw))
+        fresh = self._entries[key] = Entry(
+            result.value, result.validators, started, self._fresh_until(key, started), _digest(raw)
+        )
         validators = source.codec.encode(result.validators)
         await self._shared_call(
             lambda shared: shared.publish(key, value=raw, validators=validators, digest=fresh.digest, validated_at=started)
@@ -263,9 +267,11 @@ class UpstreamCache:
             if claim is None:
                 return None
             entry = self._adopt(key, source, claim.row)
-            if entry is not None and self.clock() < entry.fresh_until:
+            now = self.clock()
+            if entry is not None and now < entry.fresh_until:
                 return self._lookup(entry, "hit")
-            if claim.claimed or self.clock() >= give_up_at:
+            # A fresh row this process could not adopt (written by another release?) is replaced, not waited on.
+            if claim.claimed or claim.row.is_fresh(now, self.ttl) or now >= give_up_at:
                 return None
             await asyncio.sleep(LEASE_POLL)  # another process is fetching: wait for its copy
 
@@ -296,7 +302,12 @@ class UpstreamCache:
             logger.warning("GitHub shared tier: the stored copy of %s cannot be read; ignoring it", key)
             return entry
         if entry is not None and entry.digest == row.digest:
-            entry.validators, entry.validated_at, entry.fresh_until, entry.retry_at = validators, row.validated_at, fresh_until, NEVER
+            entry.validators, entry.validated_at, entry.fresh_until, entry.retry_at = (
+                validators,
+                row.validated_at,
+                fresh_until,
+                NEVER,
+            )
             return entry  # the same data: keep its rendered views
         adopted = self._entries[key] = Entry(value, validators, row.validated_at, fresh_until, row.digest)
         return adopted

@@ -90,7 +90,7 @@ class GitHubCheck(Check, omit_defaults=True):
 
     worker: str | None = None  # this process, as lease holders are named
     last_refresh: str | None = None  # when GitHub last confirmed the repository list, for any process
-    leases: list[Lease] = []  # keys being refreshed now, and by whom
+    leases: list[Lease] = msgspec.field(default_factory=list)  # keys being refreshed now, and by whom
     rate_limited_until: str | None = None  # no process calls GitHub before then
 
 
@@ -110,7 +110,11 @@ class GitHubClient:
         self._last_outcome: tuple[bool, str, float] | None = None
         # Shared keys name the owner: a deploy with another GITHUB_OWNER does not adopt the old one's data.
         prefix = (owner or "").lower()
-        self._owner_key, self._list_key, self._repository_prefix = f"{prefix}/owner", f"{prefix}/repositories", f"{prefix}/repository/"
+        self._owner_key, self._list_key, self._repository_prefix = (
+            f"{prefix}/owner",
+            f"{prefix}/repositories",
+            f"{prefix}/repository/",
+        )
         self._owner_source = Source(self._fetch_owner, _OWNER)
         self._list_source = Source(self._fetch_repositories, _REPOSITORIES)
         self._unlisted_lookups = TokenBucket(UNLISTED_LOOKUP_BURST, UNLISTED_LOOKUP_EVERY, self.clock)  # without a shared tier
@@ -181,7 +185,9 @@ class GitHubClient:
             return check
         status = await shared.status(list_key=self._list_key)
         if status is None:
-            return GitHubCheck(check.status, f"{check.detail}; shared tier unavailable: serving this process's copies", worker=shared.holder)
+            return GitHubCheck(
+                check.status, f"{check.detail}; shared tier unavailable: serving this process's copies", worker=shared.holder
+            )
         return GitHubCheck(
             check.status,
             check.detail,

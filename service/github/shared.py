@@ -122,10 +122,14 @@ class SharedSql:
             taken = row.lease_until is not None and row.lease_until > now and row.lease_holder != holder
             if row.is_fresh(now, ttl) or taken:
                 return Claim(row, False), blocked / 1_000_000
-            self._x(conn, "UPDATE github_cache SET lease_holder = ?, lease_until = ? WHERE key = ?", (holder, _us(now + lease), key))
+            self._x(
+                conn, "UPDATE github_cache SET lease_holder = ?, lease_until = ? WHERE key = ?", (holder, _us(now + lease), key)
+            )
         return Claim(row, True), blocked / 1_000_000
 
-    def publish(self, key: str, *, holder: str, value: bytes, validators: bytes, scope: str, digest: str, validated_at: float) -> None:
+    def publish(
+        self, key: str, *, holder: str, value: bytes, validators: bytes, scope: str, digest: str, validated_at: float
+    ) -> None:
         """Store a copy (unless a newer one is there already) and give up this process's lease."""
         with self.store._transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
             self._x(
@@ -154,7 +158,11 @@ class SharedSql:
             self._release(conn, key, holder)
 
     def _release(self, conn: Any, key: str, holder: str) -> None:
-        self._x(conn, "UPDATE github_cache SET lease_holder = NULL, lease_until = NULL WHERE key = ? AND lease_holder = ?", (key, holder))
+        self._x(
+            conn,
+            "UPDATE github_cache SET lease_holder = NULL, lease_until = NULL WHERE key = ? AND lease_holder = ?",
+            (key, holder),
+        )
 
     def forget(self, key: str) -> None:
         """The upstream says the resource is gone: no process should adopt the old copy."""
@@ -164,13 +172,19 @@ class SharedSql:
     def block(self, until: float) -> None:
         """A rate-limit answer: no process calls the upstream before `until`."""
         with self.store._transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
-            self._x(conn, "UPDATE github_shared SET rate_limited_until = ? WHERE id = 1 AND rate_limited_until < ?", (_us(until), _us(until)))
+            self._x(
+                conn,
+                "UPDATE github_shared SET rate_limited_until = ? WHERE id = 1 AND rate_limited_until < ?",
+                (_us(until), _us(until)),
+            )
 
     def take_lookup(self, *, now: float, burst: int, every: float) -> tuple[bool, float]:
         """One token of the deployment's unknown-name budget (`burst`, one regained every `every` s):
         whether there was one, and else how long until there is."""
         with self.store._transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
-            tokens, at = self._x(conn, f"SELECT lookup_tokens, lookups_at FROM github_shared WHERE id = 1{self.store._for_update}").fetchone()
+            tokens, at = self._x(
+                conn, f"SELECT lookup_tokens, lookups_at FROM github_shared WHERE id = 1{self.store._for_update}"
+            ).fetchone()
             tokens = min(float(burst), tokens + max(0.0, now - at / 1_000_000) / every)
             taken = tokens >= 1
             if taken:
@@ -248,7 +262,9 @@ class SharedTier:
             return None
         try:
             with anyio.fail_after(CALL_TIMEOUT):
-                return await anyio.to_thread.run_sync(lambda: method(*args, **kwargs), abandon_on_cancel=True, limiter=self._limiter)
+                return await anyio.to_thread.run_sync(
+                    lambda: method(*args, **kwargs), abandon_on_cancel=True, limiter=self._limiter
+                )
         except TimeoutError:
             self._failed(f"no answer within {CALL_TIMEOUT:g} s")
         except StoreUnavailable as exc:
@@ -283,7 +299,13 @@ class SharedTier:
 
     async def confirm(self, key: str, *, digest: str, validators: bytes, validated_at: float) -> None:
         await self._call(
-            self.sql.confirm, key, holder=self.holder, digest=digest, validators=validators, scope=self.scope, validated_at=validated_at
+            self.sql.confirm,
+            key,
+            holder=self.holder,
+            digest=digest,
+            validators=validators,
+            scope=self.scope,
+            validated_at=validated_at,
         )
 
     async def release(self, key: str) -> None:

@@ -102,7 +102,9 @@ class WebhookReceiver:
         repository = payload.repository
         owner = self.github.owner
         if repository is None or owner is None or repository.owner.login.lower() != owner.lower():
-            return _answer(200, Receipt(event, "ignored", f"Not about a repository of {owner or 'the configured owner'}.", delivery))
+            return _answer(
+                200, Receipt(event, "ignored", f"Not about a repository of {owner or 'the configured owner'}.", delivery)
+            )
         names = [repository.name]
         if payload.changes and payload.changes.repository and payload.changes.repository.name:
             names.append(payload.changes.repository.name.from_)  # renamed: the old name's answer goes too
