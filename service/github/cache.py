@@ -287,7 +287,8 @@ class UpstreamCache:
         if entry is not None and row.validated_at <= entry.validated_at:
             return entry
         changed = row.changed_at is not None and row.changed_at >= row.validated_at
-        fresh_until = NEVER if changed else self._fresh_until(key, row.validated_at)
+        validated_at = min(row.validated_at, self.clock())  # another dyno's clock may run ahead: no negative Age
+        fresh_until = NEVER if changed else self._fresh_until(key, validated_at)
         validators = None
         assert self.shared is not None
         try:
@@ -304,12 +305,12 @@ class UpstreamCache:
         if entry is not None and entry.digest == row.digest:
             entry.validators, entry.validated_at, entry.fresh_until, entry.retry_at = (
                 validators,
-                row.validated_at,
+                validated_at,
                 fresh_until,
                 NEVER,
             )
             return entry  # the same data: keep its rendered views
-        adopted = self._entries[key] = Entry(value, validators, row.validated_at, fresh_until, row.digest)
+        adopted = self._entries[key] = Entry(value, validators, validated_at, fresh_until, row.digest)
         return adopted
 
     def _fresh_until(self, key: str, confirmed_at: float) -> float:
