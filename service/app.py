@@ -16,11 +16,13 @@ from starlette.routing import Route
 from service import docs, health, metrics, tracing
 from service.announcements import routes as announcement_routes
 from service.announcements.access import Announcements
-from service.announcements.store import open_store
+from service.announcements.store import SqlStore, open_store
 from service.errors import EXCEPTION_HANDLERS, UnhandledErrorMiddleware
 from service.github import routes as github_routes
 from service.github.cache import UpstreamCache
 from service.github.client import GitHubClient, build_http_client
+from service.github.shared import SharedTier
+from service.github.webhook import WEBHOOK_MAX_BODY_BYTES, WebhookReceiver
 from service.middleware import CorsMiddleware, RequestContextMiddleware, RequestLimitsMiddleware
 from service.settings import Settings, load_settings, settings_or_exit
 from service.tracing import OpenTelemetry, otel_or_exit
@@ -48,12 +50,6 @@ def create_app(
                 resources.push_async_callback(run_in_threadpool, otel.shutdown)
             http = await resources.enter_async_context(build_http_client(api_url=settings.github_api_url, token=settings.github_token))
             _observe_github_calls(http, otel, series)
-            app.state.github = github = GitHubClient(
-                http,
-                owner=settings.github_owner,
-                cache=UpstreamCache(ttl=settings.github_cache_ttl, stale_ttl=settings.github_stale_ttl),
-                timeout=settings.github_timeout,
-            )
             app.state.announcements = announcements = announcements_class(
                 open_store(settings.database_url, pool_size=settings.database_pool_size),
                 admin_token=settings.admin_token,
@@ -61,6 +57,17 @@ def create_app(
             )
             await announcements.start()
             resources.push_async_callback(announcements.stop)
+            # GitHub answers are shared by every process through the same database (with an owner to serve).
+            store, shared = announcements.store, None
+            if isinstance(store, SqlStore) and settings.github_owner:
+                shared = SharedTier(store, token=settings.github_token)
+            cache = UpstreamCache(
+                ttl=settings.github_cache_ttl, stale_ttl=settings.github_stale_ttl, timeout=settings.github_timeout, shared=shared
+            )
+            app.state.github = github = GitHubClient(http, owner=settings.github_owner, cache=cache)
+            app.state.github_webhook = WebhookReceiver(github, secret=settings.github_webhook_secret)
+            cache.start()
+            resources.push_async_callback(cache.close)
             app.state.readiness = {"database": announcements.readiness, "github": github.readiness}
             logger.info("started: %s database, GitHub owner %s", announcements.store.kind, settings.github_owner or "(not configured)")
             yield
@@ -81,7 +88,14 @@ def create_app(
                 max_age=600,
             )
         )
-    middleware.append(Middleware(RequestLimitsMiddleware, timeout=settings.request_timeout, max_body_bytes=settings.max_body_bytes))
+    middleware.append(
+        Middleware(
+            RequestLimitsMiddleware,
+            timeout=settings.request_timeout,
+            max_body_bytes=settings.max_body_bytes,
+            body_limits={"/github/webhook": WEBHOOK_MAX_BODY_BYTES},
+        )
+    )
     app = Starlette(
         routes=[
             *health.routes,

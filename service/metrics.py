@@ -280,10 +280,11 @@ def configure(enabled: bool) -> Series | None:
 
 
 def cache_lookup(key: Hashable, state: str) -> None:
-    """A GitHub cache lookup; the resource is the key's kind ("repository"), never a name from a URL."""
+    """A GitHub cache lookup; the resource is the key's kind ("repository" of "owner/repository/name"),
+    never a name from a URL."""
     if (series := _recording) is not None:
-        resource = key[0] if isinstance(key, tuple) else key
-        series.count_lookup(str(resource), state)
+        parts = str(key).split("/", 2)
+        series.count_lookup(parts[1] if len(parts) > 1 else parts[0], state)
 
 
 def github_outcome(detail: str) -> None:

@@ -11,6 +11,7 @@ import re
 import sys
 import time
 import weakref
+from collections.abc import Mapping
 from typing import IO
 
 import msgspec
@@ -206,7 +207,8 @@ class RequestLimitsMiddleware:
 
     - Not answered within `timeout` seconds: 408 if the client was still sending its body (a slow or
       stalled upload), 504 if the service itself was too slow.
-    - A body over `max_body_bytes`: 413, by Content-Length up front or while streaming, never buffered.
+    - A body over `max_body_bytes` (or the limit `body_limits` sets for its path): 413, by Content-Length
+      up front or while streaming, never buffered.
 
     Deadlines are checked by one sweeper every 100 ms rather than a timer per request: on the hot
     path a request costs a dict entry, not a timer.
@@ -214,10 +216,13 @@ class RequestLimitsMiddleware:
 
     SWEEP_EVERY = 0.1
 
-    def __init__(self, app: ASGIApp, *, timeout: float, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, timeout: float, max_body_bytes: int, body_limits: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes
+        self.body_limits = dict(body_limits or {})  # exact path -> its own limit (GitHub's webhook deliveries)
         self._deadlines: dict[asyncio.Task[object], _Deadline] = {}
         self._sweeping = False
 
@@ -225,9 +230,10 @@ class RequestLimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.body_limits.get(scope["path"], self.max_body_bytes)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
-            await problem_response(scope, 413, slug="payload-too-large", detail=self._too_large())(scope, receive, send)
+        if declared is not None and declared > limit:
+            await problem_response(scope, 413, slug="payload-too-large", detail=_too_large(limit))(scope, receive, send)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -245,8 +251,8 @@ class RequestLimitsMiddleware:
             deadline.receiving = message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise PayloadTooLarge(self._too_large())
+                if received > limit:
+                    raise PayloadTooLarge(_too_large(limit))
             return message
 
         async def send_tracking(message: Message) -> None:
@@ -287,8 +293,10 @@ class RequestLimitsMiddleware:
             )  # fmt: skip
         await response(scope, receive, send)
 
-    def _too_large(self) -> str:
-        return f"The request body exceeds the limit of {self.max_body_bytes} bytes."
+
+
+def _too_large(limit: int) -> str:
+    return f"The request body exceeds the limit of {limit} bytes."
 
 
 def _content_length(scope: Scope) -> int | None:

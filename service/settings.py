@@ -84,7 +84,7 @@ EXPECTED = {
     "DATABASE_MAX_CONNECTIONS": "an integer from 1 to 100000 (the database plan's connection limit)",
     "ALLOW_EPHEMERAL_DATABASE": "true or false (or 1/0)",
     "ADMIN_TOKEN": "a secret of 16 to 512 visible ASCII characters (it is sent in an HTTP header)",
-    "GITHUB_WEBHOOK_SECRET": "a secret of 16 to 512 visible ASCII characters",
+    "GITHUB_WEBHOOK_SECRET": "the webhook's secret as set on GitHub, 16 to 512 visible ASCII characters",
     "METRICS_TOKEN": "a secret of 16 to 512 visible ASCII characters (the Bearer token Prometheus sends to GET /metrics)",
 }
 

@@ -1,21 +1,27 @@
 """A real HTTP server on 127.0.0.1 standing in for GitHub's REST API, with switchable failure scenarios.
 
 It speaks over real sockets (so timeouts, refused and reset connections are real) and counts every
-call, so tests can prove how often the service went upstream.
+call, so tests can prove how often the service went upstream. Also the small helpers tests against it
+share: signing a webhook delivery as GitHub does, and waiting on a condition instead of sleeping.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import hmac
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from tests.fixtures.make_repos import make
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -31,6 +37,7 @@ class Reply:
 class Call:
     path: str
     headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 Scenario = Callable[[str, dict[str, str]], Reply | None]
@@ -149,3 +156,68 @@ class GitHubStandIn:
                 pass
 
         return Handler
+
+
+# -- helpers for tests against the stand-in ----------------------------------------------------
+
+
+def signature(secret: str, body: bytes) -> str:
+    """X-Hub-Signature-256 as GitHub computes it."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def delivery_headers(secret: str, body: bytes, *, event: str, delivery: str) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": signature(secret, body),
+        "User-Agent": "GitHub-Hookshot/test",
+    }
+
+
+def push_payload(owner: str, repository: str) -> bytes:
+    """A push delivery's body, with the fields a real one carries around the ones the service reads."""
+    return json.dumps(
+        {
+            "ref": "refs/heads/main",
+            "before": "0" * 40,
+            "after": "1" * 40,
+            "repository": {"name": repository, "full_name": f"{owner}/{repository}", "owner": {"login": owner, "type": "User"}},
+            "pusher": {"name": owner},
+            "commits": [{"id": "1" * 40, "message": "A change"}],
+        }
+    ).encode()
+
+
+async def poll(probe: Callable[[], Awaitable[T]], *, until: Callable[[T], bool], timeout: float = 10.0, every: float = 0.05) -> T:
+    """`probe()` again and again until its result satisfies `until` (the last result is returned)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if until(result) or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(every)
+
+
+async def eventually(condition: Callable[[], bool], *, timeout: float = 10.0, every: float = 0.02) -> bool:
+    """Whether `condition()` comes true within `timeout` seconds (checked every `every`)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(every)
+    return True
+
+
+def wait_until(condition: Callable[[], bool], *, timeout: float = 10.0, every: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every)
+    return True
+
+
+async def gather(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    return list(await asyncio.gather(*awaitables))

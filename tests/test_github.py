@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -18,7 +20,7 @@ from starlette.types import ASGIApp, Message
 from service.app import create_app
 from service.github.client import UNLISTED_LOOKUP_BURST, TokenBucket
 from service.settings import Settings
-from tests.github_standin import GitHubStandIn, Reply
+from tests.github_standin import GitHubStandIn, Reply, eventually, gather, poll
 from tests.support import assert_problem, refused_port, running
 
 pytestmark = pytest.mark.anyio
@@ -214,7 +216,27 @@ async def test_made_up_names_spend_only_a_small_upstream_budget(standin: GitHubS
             response = await client.get(f"/github/repos/{name.upper()}")
             assert response.status_code == 200 and response.json()["name"] == name
     assert len(standin.calls_to("/repos/octo-dev/made-up-")) == UNLISTED_LOOKUP_BURST
-    assert len(standin.calls_to("/repos/octo-dev/PROJECT-")) == len(listed)  # asked for as the client spelt them
+    assert len(standin.calls_to("/repos/")) == UNLISTED_LOOKUP_BURST  # listed names are answered from the list
+
+
+async def test_listed_repository_is_answered_from_the_list_without_its_own_call(standin: GitHubStandIn, github_client: OpenClient) -> None:
+    async with github_client(standin) as client:
+        one = await client.get("/github/repos/project-003")
+        listing = await client.get("/github/repos?forks=true&limit=100")
+    expected = next(r for r in listing.json() if r["name"] == "project-003")
+    assert one.status_code == 200 and one.json() == expected
+    assert one.headers["x-cache"] == "miss"  # the list was fetched for it
+    assert not standin.calls_to("/repos/") and len(standin.calls_to("/users/octo-dev/repos")) == 1
+
+
+async def test_cold_start_answers_every_listed_name_with_one_list_fetch(standin: GitHubStandIn, github_client: OpenClient) -> None:
+    standin.delay = 0.2  # the names all arrive while the list is being fetched
+    names_asked = [r["name"] for r in standin.repos]
+    async with github_client(standin) as client:
+        responses = await gather(client.get(f"/github/repos/{name}") for name in names_asked)
+    assert [r.status_code for r in responses] == [200] * len(names_asked)
+    assert [r.json()["name"] for r in responses] == names_asked
+    assert len(standin.calls_to("/users/octo-dev/repos")) == 1 and not standin.calls_to("/repos/")
 
 
 def test_unlisted_lookup_budget_is_regained_over_time() -> None:
@@ -253,7 +275,8 @@ async def test_client_if_none_match_gets_304(standin: GitHubStandIn, github_clie
 
 
 async def test_revalidation_sends_if_none_match_and_304_keeps_serving(standin: GitHubStandIn, github_client: OpenClient) -> None:
-    async with github_client(standin, GITHUB_CACHE_TTL="0") as client:
+    # No stale window: the second visitor waits for the revalidation and sees its outcome.
+    async with github_client(standin, GITHUB_CACHE_TTL="0", GITHUB_STALE_TTL="0") as client:
         first = await client.get("/github/repos")
         second = await client.get("/github/repos")
     assert second.status_code == 200 and second.headers["x-cache"] == "revalidated"
@@ -265,7 +288,7 @@ async def test_revalidation_sends_if_none_match_and_304_keeps_serving(standin: G
 
 
 async def test_changed_upstream_is_served_after_revalidation(standin: GitHubStandIn, github_client: OpenClient) -> None:
-    async with github_client(standin, GITHUB_CACHE_TTL="0") as client:
+    async with github_client(standin, GITHUB_CACHE_TTL="0", GITHUB_STALE_TTL="0") as client:
         await client.get("/github/repos?sort=name")
         standin.repos[1]["name"] = "aaa-renamed"
         changed = await client.get("/github/repos?sort=name")
@@ -371,7 +394,8 @@ async def test_owner_not_configured_is_503_and_ready_says_so(make_settings: Call
             assert assert_problem(await client.get(path), 503)["title"] == "GitHub owner not configured"
         ready = await client.get("/health/ready")
     assert ready.status_code == 503
-    assert ready.json()["checks"]["github"] == {"status": "failing", "detail": "GitHub owner not configured (GITHUB_OWNER)"}
+    github = ready.json()["checks"]["github"]
+    assert (github["status"], github["detail"]) == ("failing", "GitHub owner not configured (GITHUB_OWNER)")
 
 
 async def test_owner_that_does_not_exist_is_502_naming_it(standin: GitHubStandIn, github_client: OpenClient) -> None:
@@ -388,10 +412,13 @@ async def test_stale_copy_is_served_when_refresh_fails(standin: GitHubStandIn, g
         good = await client.get("/github/repos")
         standin.scenario = fail_repos(FAILURES[failure][0])
         stale = await client.get("/github/repos")
-        ready = await client.get("/health/ready")
+        # The refresh runs in the background; readiness tells once it has failed.
+        ready = await poll(lambda: client.get("/health/ready"), until=lambda r: "failed" in r.json()["checks"]["github"]["detail"])
+        again = await client.get("/github/repos")
     assert stale.status_code == 200 and stale.headers["x-cache"] == "stale"
     assert stale.content == good.content
     assert ready.status_code == 200 and "serving cached copies" in ready.json()["checks"]["github"]["detail"]
+    assert again.status_code == 200 and again.headers["x-cache"] == "stale" and again.content == good.content
 
 
 async def test_stale_copy_expires_after_stale_ttl(standin: GitHubStandIn, github_client: OpenClient) -> None:
@@ -432,8 +459,57 @@ async def test_owner_deleted_after_caching_is_502_not_500(standin: GitHubStandIn
 
 
 async def test_list_refresh_does_not_revalidate_the_owner_profile(standin: GitHubStandIn, github_client: OpenClient) -> None:
-    async with github_client(standin, GITHUB_CACHE_TTL="0") as client:
+    async with github_client(standin, GITHUB_CACHE_TTL="0", GITHUB_STALE_TTL="0") as client:
         for _ in range(3):
             assert (await client.get("/github/repos")).status_code == 200
     assert len([c for c in standin.calls if c.path == "/users/octo-dev"]) == 1
     assert len(standin.calls_to("/users/octo-dev/repos")) == 3
+
+
+# -- once a copy exists, no visitor waits on GitHub; one GITHUB_TIMEOUT per visitor ----------------
+
+
+async def test_hanging_github_does_not_hold_up_a_stale_copy(standin: GitHubStandIn, github_client: OpenClient) -> None:
+    async with github_client(standin, GITHUB_CACHE_TTL="0.3", GITHUB_TIMEOUT="3") as client:
+        good = await client.get("/github/repos")
+        standin.hold = threading.Event()  # GitHub now accepts calls and never answers them
+        try:
+            await anyio.sleep(0.4)  # the copy is older than the TTL now
+            started = time.monotonic()
+            responses = await gather(client.get("/github/repos") for _ in range(10))
+            elapsed = time.monotonic() - started
+            lists = lambda: len(standin.calls_to("/users/octo-dev/repos"))  # noqa: E731
+            refreshing = await eventually(lambda: lists() == 2)  # the refresh runs in the background …
+            await anyio.sleep(0.2)
+        finally:
+            standin.hold.set()
+    assert refreshing and lists() == 2  # … once for all ten
+    assert [r.status_code for r in responses] == [200] * 10
+    assert {r.headers["x-cache"] for r in responses} == {"stale"} and {r.content for r in responses} == {good.content}
+    assert elapsed < 1.0, f"answered in {elapsed:.2f} s: a stale copy must not wait for GitHub (GITHUB_TIMEOUT 3 s)"
+
+
+def slowly(standin: GitHubStandIn, delays: dict[str, float]) -> Callable[[str, dict[str, str]], Reply | None]:
+    """GitHub's normal answers, each path in `delays` held back that long."""
+
+    def scenario(path: str, headers: dict[str, str]) -> Reply | None:
+        for prefix, delay in delays.items():
+            if path.split("?")[0] == prefix:
+                reply = standin.answer(path, headers)
+                reply.delay = delay
+                return reply
+        return None
+
+    return scenario
+
+
+@pytest.mark.parametrize("path", ["/github/repos", "/github/repos/project-001"])
+async def test_cold_list_with_a_slow_owner_takes_one_timeout_not_two(standin: GitHubStandIn, github_client: OpenClient, path: str) -> None:
+    # The profile (needed once, for the owner's type) answers just inside GITHUB_TIMEOUT, the list not at all.
+    standin.scenario = slowly(standin, {"/users/octo-dev": 1.2, "/users/octo-dev/repos": 10})
+    async with github_client(standin, GITHUB_TIMEOUT="1.5") as client:
+        started = time.monotonic()
+        response = await client.get(path)
+        elapsed = time.monotonic() - started
+    assert_problem(response, 504)
+    assert elapsed < 2.1, f"answered after {elapsed:.2f} s: one GITHUB_TIMEOUT (1.5 s) per visitor, not one per upstream call"

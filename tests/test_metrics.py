@@ -113,37 +113,42 @@ async def test_a_thousand_random_paths_add_only_the_unmatched_series(make_settin
     assert value(after, "website_api_http_requests_total", **unmatched) - value(before, "website_api_http_requests_total", **unmatched) >= 1000
 
 
-def _github_for_every_outcome(path: str, headers: dict[str, str]) -> Reply | None:
-    if path.endswith("/project-002"):
-        return Reply(delay=3)  # longer than GITHUB_TIMEOUT
-    if path.endswith("/project-003"):
-        return Reply(500, b"oops")
-    if path.endswith("/project-004"):
-        return Reply(403, b"{}", {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(time.time()) + 600)})
-    return None
+OUTCOMES = ("200", "304", "404", "timeout", "error", "rate_limited")
 
 
 async def test_github_calls_by_outcome_and_the_rate_limit_left(make_settings: Callable[..., Settings], standin: GitHubStandIn) -> None:
     reply_headers = {"x-ratelimit-remaining": "4321", "x-ratelimit-resource": "core"}
     original = standin.answer
     standin.answer = lambda path, headers: _with_headers(original(path, headers), reply_headers)  # type: ignore[method-assign]
-    standin.scenario = _github_for_every_outcome
+    # No fresh or stale window: every request asks GitHub, and sees what it answered.
     settings = make_settings(METRICS_TOKEN=TOKEN, GITHUB_OWNER=standin.owner, GITHUB_API_URL=standin.url, GITHUB_TIMEOUT="1",
-                             GITHUB_CACHE_TTL="0")  # fmt: skip
-    async with running(create_app(settings)) as client:
-        before = await scrape(client)
-        assert (await client.get("/github/owner")).status_code == 200  # 200
-        assert (await client.get("/github/owner")).status_code == 200  # 304: TTL 0 revalidates every time
-        assert (await client.get("/github/repos/project-001")).status_code == 200  # 200
-        assert value(await scrape(client), "website_api_github_ratelimit_remaining", resource="core") == 4321
-        assert (await client.get("/github/repos/no-such-repo")).status_code == 404  # 404
-        assert (await client.get("/github/repos/project-002")).status_code == 504  # timeout
-        assert (await client.get("/github/repos/project-003")).status_code == 502  # error
-        assert (await client.get("/github/repos/project-004")).status_code == 503  # rate_limited
-        after = await scrape(client)
+                             GITHUB_CACHE_TTL="0", GITHUB_STALE_TTL="0")  # fmt: skip
+    reset = str(int(time.time()) + 600)
     name = "website_api_github_requests_total"
-    outcomes = {o: value(after, name, outcome=o) - value(before, name, outcome=o) for o in ("200", "304", "404", "timeout", "error", "rate_limited")}
-    assert outcomes == {"200": 2, "304": 1, "404": 1, "timeout": 1, "error": 1, "rate_limited": 1}
+    steps: list[tuple[Reply | None, int]] = [
+        (None, 200),  # 200
+        (None, 200),  # 304: the profile is revalidated
+        (Reply(delay=3), 504),  # timeout: longer than GITHUB_TIMEOUT
+        (Reply(500, b"oops"), 502),  # error
+        (Reply(404, b'{"message": "Not Found"}'), 502),  # 404: the owner is gone
+        (Reply(403, b"{}", {"x-ratelimit-remaining": "0", "x-ratelimit-reset": reset}), 503),  # rate_limited
+    ]
+    app = create_app(settings)
+    async with running(app) as client:
+        before = await scrape(client)
+        for n, (reply, status) in enumerate(steps):
+            standin.scenario = (lambda path, headers, reply=reply: reply) if reply is not None else None
+            assert ((await client.get("/github/owner")).status_code, n) == (status, n)
+            # The refresh may outlive the visitor's wait by a moment (the 504): the next step must not join it.
+            for _ in range(100):
+                if not app.state.github.cache._refreshing:
+                    break
+                await anyio.sleep(0.05)
+            if n == 0:
+                assert value(await scrape(client), "website_api_github_ratelimit_remaining", resource="core") == 4321
+        after = await scrape(client)
+    outcomes = {o: value(after, name, outcome=o) - value(before, name, outcome=o) for o in OUTCOMES}
+    assert outcomes == {"200": 1, "304": 1, "404": 1, "timeout": 1, "error": 1, "rate_limited": 1}
     assert value(after, "website_api_github_ratelimit_remaining", resource="core") == 0  # the rate-limited answer came last
 
 
@@ -152,23 +157,33 @@ def _with_headers(reply: Reply, headers: dict[str, str]) -> Reply:
     return reply
 
 
-async def test_cache_lookups_by_resource_and_state(make_settings: Callable[..., Settings], standin: GitHubStandIn) -> None:
-    settings = make_settings(METRICS_TOKEN=TOKEN, GITHUB_OWNER=standin.owner, GITHUB_API_URL=standin.url, GITHUB_CACHE_TTL="0.2")
-    async with running(create_app(settings)) as client:
+async def test_cache_lookups_by_resource_and_state(make_settings: Callable[..., Settings], standin: GitHubStandIn, tmp_path: Path) -> None:
+    name = "website_api_cache_lookups_total"
+
+    def states(before: dict[tuple[str, frozenset[tuple[str, str]]], float], after: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> dict[str, float]:
+        return {s: value(after, name, resource="repositories", state=s) - value(before, name, resource="repositories", state=s)
+                for s in ("hit", "miss", "revalidated", "stale")}  # fmt: skip
+
+    base = {"METRICS_TOKEN": TOKEN, "GITHUB_OWNER": standin.owner, "GITHUB_API_URL": standin.url}
+    # An expired copy within GITHUB_STALE_TTL is served at once ("stale") while it is refreshed behind it.
+    async with running(create_app(make_settings(**base, GITHUB_CACHE_TTL="0.2"))) as client:
         before = await scrape(client)
         await client.get("/github/repos")  # miss (and an owner miss behind it)
         await client.get("/github/repos")  # hit
-        await anyio.sleep(0.3)
-        await client.get("/github/repos")  # revalidated: GitHub answers 304
-        await anyio.sleep(0.3)
-        standin.scenario = lambda path, headers: Reply(500, b"down")
+        await anyio.sleep(0.3)  # past GITHUB_CACHE_TTL
         await client.get("/github/repos")  # stale
         after = await scrape(client)
-    name = "website_api_cache_lookups_total"
-    states = {s: value(after, name, resource="repositories", state=s) - value(before, name, resource="repositories", state=s)
-              for s in ("hit", "miss", "revalidated", "stale")}  # fmt: skip
-    assert states == {"hit": 1, "miss": 1, "revalidated": 1, "stale": 1}
+    assert states(before, after) == {"hit": 1, "miss": 1, "revalidated": 0, "stale": 1}
     assert value(after, name, resource="owner", state="miss") - value(before, name, resource="owner", state="miss") == 1
+    # With no stale window the visitor waits for the revalidation: GitHub answers 304. (A database of its
+    # own: the first app's copy in the shared tier would be adopted, not missed.)
+    fresh = {"DATABASE_URL": f"sqlite:///{tmp_path}/second.db"}
+    async with running(create_app(make_settings(**base, **fresh, GITHUB_CACHE_TTL="0", GITHUB_STALE_TTL="0"))) as client:
+        before = await scrape(client)
+        await client.get("/github/repos")  # miss
+        await client.get("/github/repos")  # revalidated
+        after = await scrape(client)
+    assert states(before, after) == {"hit": 0, "miss": 1, "revalidated": 1, "stale": 0}
 
 
 class SlowAnnouncements(Announcements):

@@ -38,7 +38,9 @@ from service.announcements.models import (
 )
 from service.docs import load_spec
 from service.errors import Problem
+from service.github.client import GitHubCheck
 from service.github.models import License, Owner, Repository, RepositoryQuery
+from service.github.webhook import Payload, Receipt
 from service.health import Check, HealthResponse, Readiness
 
 
@@ -64,6 +66,9 @@ WIRE: dict[str, tuple[Any, Direction]] = {
     "Health": (HealthResponse, RESPONSE),
     "Readiness": (Readiness, RESPONSE),
     "Check": (Check, RESPONSE),
+    "GitHubCheck": (GitHubCheck, RESPONSE),
+    "WebhookReceipt": (Receipt, RESPONSE),
+    "WebhookPayload": (Payload, REQUEST),
     "Problem": (Problem, RESPONSE),
     "Repository": (Repository, UPSTREAM),
     "Owner": (Owner, UPSTREAM),
@@ -75,6 +80,10 @@ DELIBERATE: dict[tuple[str, str], str] = {
     ("Announcement.id", "minimum"): "ids come from the database, from 1; the store's unsaved draft holds id 0",
     ("Problem.type", "format"): "msgspec has no uri-reference format; problem_response builds a URN or about:blank",
     ("Problem", "additionalProperties"): "RFC 9457 lets problems grow extension members; clients must ignore unknown ones",
+    ("Readiness.checks.github", "property"): "checks is dict[str, Check]; the github entry is a GitHubCheck (a Check with more fields), compared as its own component",
+    ("GitHubCheck.last_refresh", "format"): "written by client._time() as an RFC 3339 UTC string; msgspec has no date-time format for str",
+    ("GitHubCheck.leases[].expires_at", "format"): "written by client._time() as an RFC 3339 UTC string",
+    ("GitHubCheck.rate_limited_until", "format"): "written by client._time() as an RFC 3339 UTC string",
     ("GET /announcements query.cursor", "pattern"): "checked by decode_cursor with CURSOR (tested below) for a clearer message",
 }
 

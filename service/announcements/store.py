@@ -41,7 +41,8 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 MAX_ID = 2**63 - 1
 T = TypeVar("T")
 
-# (version, name, {dialect: DDL}); applied in order, each once, recorded in schema_migrations.
+# (version, name, {dialect: DDL}); applied in order, each once, recorded in schema_migrations. DDL may be
+# several statements separated by semicolons (none inside them).
 MIGRATIONS: list[tuple[int, str, dict[str, str]]] = [
     (
         1,
@@ -79,6 +80,38 @@ MIGRATIONS: list[tuple[int, str, dict[str, str]]] = [
         {
             dialect: "CREATE INDEX announcements_listing ON announcements (pinned DESC, published_at DESC, id DESC)"
             for dialect in ("sqlite", "postgres")
+        },
+    ),
+    (
+        3,
+        "GitHub shared tier",
+        {
+            # Cached GitHub answers every process adopts (value and validators as msgspec JSON; validators
+            # only for the token hashed in validators_scope), the refresh lease, and the time a webhook
+            # said the data changed; the deployment's rate-limit block, unknown-name budget and change
+            # counter; webhook deliveries already acted on. Times are integer microseconds since the epoch.
+            dialect: f"""
+                CREATE TABLE github_cache (
+                    key TEXT PRIMARY KEY,
+                    value {blob},
+                    validators {blob},
+                    validators_scope TEXT,
+                    digest TEXT,
+                    validated_at BIGINT,
+                    changed_at BIGINT,
+                    lease_holder TEXT,
+                    lease_until BIGINT
+                );
+                CREATE TABLE github_shared (
+                    id INTEGER PRIMARY KEY CHECK (id = 1),
+                    changes BIGINT NOT NULL,
+                    rate_limited_until BIGINT NOT NULL,
+                    lookup_tokens DOUBLE PRECISION NOT NULL,
+                    lookups_at BIGINT NOT NULL
+                );
+                INSERT INTO github_shared (id, changes, rate_limited_until, lookup_tokens, lookups_at) VALUES (1, 0, 0, 0, 0);
+                CREATE TABLE github_deliveries (id TEXT PRIMARY KEY, received_at BIGINT NOT NULL)"""
+            for dialect, blob in (("sqlite", "BLOB"), ("postgres", "BYTEA"))
         },
     ),
 ]
@@ -212,7 +245,8 @@ class SqlStore:
             for version, name, ddl in MIGRATIONS:
                 if version in done:
                     continue
-                self._execute(conn, ddl[self.dialect])
+                for statement in ddl[self.dialect].split(";"):  # SQLite runs one statement per call
+                    self._execute(conn, statement)
                 self._execute(
                     conn,
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",

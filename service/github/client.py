@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -14,7 +14,7 @@ import msgspec
 
 from service import API_NAME, metrics
 from service.errors import NotFound
-from service.github.cache import NOT_MODIFIED, Entry, Fetched, Lookup, NotModified, UpstreamCache
+from service.github.cache import NOT_MODIFIED, Codec, Entry, Fetched, Lookup, NotModified, Source, UpstreamCache
 from service.github.errors import (
     CredentialsRejected,
     OwnerNotConfigured,
@@ -64,78 +64,159 @@ def build_http_client(*, api_url: str, token: str | None) -> httpx.AsyncClient:
     )
 
 
-_owner_decoder = msgspec.json.Decoder(Owner)
-_repositories_decoder = msgspec.json.Decoder(list[Repository])
-_repository_decoder = msgspec.json.Decoder(Repository)
+class Page(msgspec.Struct, array_like=True, frozen=True):
+    """One page of the repository list as last fetched: enough to revalidate it with its ETag."""
+
+    url: str
+    etag: str
+    next: str | None
+    count: int  # its repositories, in order, in the list's value
+
+
+# How each kind of answer is kept in the shared tier: the value, and the validators to revalidate it.
+_OWNER = Codec(Owner, str | None)
+_REPOSITORIES = Codec(list[Repository], list[Page])
+_REPOSITORY = Codec(Repository, str | None)
+
+
+class Lease(msgspec.Struct):
+    key: str
+    holder: str
+    expires_at: str
+
+
+class GitHubCheck(Check, omit_defaults=True):
+    """Readiness of GitHub, with what the shared tier knows (any process of the deployment)."""
+
+    worker: str | None = None  # this process, as lease holders are named
+    last_refresh: str | None = None  # when GitHub last confirmed the repository list, for any process
+    leases: list[Lease] = msgspec.field(default_factory=list)  # keys being refreshed now, and by whom
+    rate_limited_until: str | None = None  # no process calls GitHub before then
+
+
+def _time(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class GitHubClient:
-    def __init__(
-        self,
-        http: httpx.AsyncClient,
-        *,
-        owner: str | None,
-        cache: UpstreamCache,
-        timeout: float,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, http: httpx.AsyncClient, *, owner: str | None, cache: UpstreamCache) -> None:
         self.http = http
         self.owner = owner
         self.cache = cache
-        self.timeout = timeout
-        self.wall_clock = wall_clock
-        self._blocked_until = 0.0  # wall-clock time before which GitHub is not called (rate limit)
+        self.timeout = cache.timeout
+        self.clock = cache.clock
+        self._blocked_until = 0.0  # clock time before which GitHub is not called (rate limit)
         self._config_problem: str | None = None if owner else "GitHub owner not configured (GITHUB_OWNER)"
         self._last_outcome: tuple[bool, str, float] | None = None
-        self._unlisted_lookups = TokenBucket(UNLISTED_LOOKUP_BURST, UNLISTED_LOOKUP_EVERY, cache.clock)
-        self._listed: tuple[Entry | None, frozenset[str]] = (None, frozenset())
+        # Shared keys name the owner: a deploy with another GITHUB_OWNER does not adopt the old one's data.
+        prefix = (owner or "").lower()
+        self._owner_key, self._list_key, self._repository_prefix = (
+            f"{prefix}/owner",
+            f"{prefix}/repositories",
+            f"{prefix}/repository/",
+        )
+        self._owner_source = Source(self._fetch_owner, _OWNER)
+        self._list_source = Source(self._fetch_repositories, _REPOSITORIES)
+        self._unlisted_lookups = TokenBucket(UNLISTED_LOOKUP_BURST, UNLISTED_LOOKUP_EVERY, self.clock)  # without a shared tier
+        self._no_lookups_until = 0.0  # the shared budget is spent until then: not asked again before
+        self._listed: tuple[Entry | None, dict[str, Repository]] = (None, {})
 
     # -- what the routes ask for -----------------------------------------------------------
 
     async def profile(self) -> Lookup:
         """The owner's profile (also tells whether the owner is a user or an organisation)."""
-        return await self.cache.get("owner", self._fetch_owner)
+        return await self.cache.get(self._owner_key, self._owner_source)
 
     async def repositories(self) -> Lookup:
         """Every public repository of the owner, all pages."""
-        return await self.cache.get("repositories", self._fetch_repositories)
+        return await self.cache.get(self._list_key, self._list_source)
 
-    async def repository(self, name: str) -> Lookup:
-        """One repository of the owner; `name` must already be validated."""
-        key = ("repository", name.lower())
-        if self.cache.peek(key) is None and not self._is_listed(name) and not self._unlisted_lookups.take():
+    async def repository(self, name: str) -> tuple[Lookup, Repository]:
+        """One repository of the owner (`name` must already be validated), and the entry it comes from.
+
+        A listed name is answered from the repository list, which is fetched first if there is none
+        (one call for every name asked for meanwhile). Only a name not on the list (renamed, made up)
+        is looked up on its own, within the unknown-name budget; one timeout covers both steps."""
+        since = self.clock()
+        listing = await self.cache.get(self._list_key, self._list_source, since=since)
+        found = self._by_name(listing.entry).get(name.lower())
+        if found is not None:
+            return listing, found
+        key = self._repository_prefix + name.lower()
+        if self.cache.peek(key) is None and not await self._take_unlisted_lookup():
             raise NotFound(f"{self._require_owner()} has no public repository named {name!r} among those listed.")
-        return await self.cache.get(key, lambda entry: self._fetch_repository(name, entry))
+        lookup = await self.cache.get(key, Source(lambda entry: self._fetch_repository(name, entry), _REPOSITORY), since=since)
+        repository: Repository = lookup.entry.value
+        return lookup, repository
 
-    def _is_listed(self, name: str) -> bool:
-        """Whether the cached repository list (of any age) has this name; False while there is no list."""
-        entry = self.cache.peek("repositories")
-        if entry is None:
+    async def upstream_changed(self, delivery: str | None, *, repositories: list[str], profile: bool) -> bool | None:
+        """A webhook reports a change: the list, these repositories (and the profile) are refreshed in
+        every process. False for a delivery acted on before; None if other processes could not be told."""
+        keys = [self._list_key, *(self._repository_prefix + name.lower() for name in repositories)]
+        if profile:
+            keys.append(self._owner_key)
+        return await self.cache.mark_changed(delivery, keys)
+
+    def _by_name(self, listing: Entry) -> dict[str, Repository]:
+        """The listed repositories by lower-case name, built once per list entry."""
+        if self._listed[0] is not listing:
+            self._listed = (listing, {repo.name.lower(): repo for repo in listing.value})
+        return self._listed[1]
+
+    async def _take_unlisted_lookup(self) -> bool:
+        """One upstream lookup of the deployment's unknown-name budget (this process's own without a
+        shared tier). Once the budget is spent, the database is not asked again until a token is back."""
+        now = self.clock()
+        if now < self._no_lookups_until:
             return False
-        if self._listed[0] is not entry:
-            self._listed = (entry, frozenset(repo.name.lower() for repo in entry.value))
-        return name.lower() in self._listed[1]
+        shared = self.cache.shared
+        taken = await shared.take_lookup(burst=UNLISTED_LOOKUP_BURST, every=UNLISTED_LOOKUP_EVERY) if shared else None
+        if taken is None:
+            return self._unlisted_lookups.take()
+        ok, wait = taken
+        if not ok:
+            self._no_lookups_until = now + wait
+        return ok
 
-    async def readiness(self) -> Check:
+    async def readiness(self) -> GitHubCheck:
+        check = self._own_readiness()
+        shared = self.cache.shared
+        if shared is None:
+            return check
+        status = await shared.status(list_key=self._list_key)
+        if status is None:
+            return GitHubCheck(
+                check.status, f"{check.detail}; shared tier unavailable: serving this process's copies", worker=shared.holder
+            )
+        return GitHubCheck(
+            check.status,
+            check.detail,
+            worker=shared.holder,
+            last_refresh=_time(status.last_refresh) if status.last_refresh is not None else None,
+            leases=[Lease(lease.key, lease.holder, _time(lease.until)) for lease in status.leases],
+            rate_limited_until=_time(status.rate_limited_until) if status.rate_limited_until is not None else None,
+        )
+
+    def _own_readiness(self) -> GitHubCheck:
         if self._config_problem:
-            return Check("failing", self._config_problem)
+            return GitHubCheck("failing", self._config_problem)
         if self._last_outcome is None:
-            return Check("ok", f"owner {self.owner}; GitHub not called yet")
+            return GitHubCheck("ok", f"owner {self.owner}; GitHub not called yet by this process")
         ok, detail, at = self._last_outcome
-        ago = f"{self.wall_clock() - at:.0f} s ago"
+        ago = f"{self.clock() - at:.0f} s ago"
         if ok:
-            return Check("ok", f"owner {self.owner}; last GitHub call succeeded {ago}")
-        cached = self.cache.peek("repositories") is not None
+            return GitHubCheck("ok", f"owner {self.owner}; last GitHub call succeeded {ago}")
+        cached = self.cache.peek(self._list_key) is not None
         status: Literal["ok", "failing"] = "ok" if cached else "failing"
         serving = "serving cached copies" if cached else "no cached copy to serve"
-        return Check(status, f"owner {self.owner}; last GitHub call failed {ago} ({detail}); {serving}")
+        return GitHubCheck(status, f"owner {self.owner}; last GitHub call failed {ago} ({detail}); {serving}")
 
     # -- fetchers the cache calls --------------------------------------------------------------
 
     async def _fetch_owner(self, entry: Entry | None) -> Fetched | NotModified:
         owner = self._require_owner()
         try:
-            result = await self._fetch_one(f"/users/{owner}", _owner_decoder, entry)
+            result = await self._fetch_one(f"/users/{owner}", _OWNER, entry)
         except _UpstreamMissing:
             self._config_problem = f"GitHub owner {owner!r} does not exist"
             raise OwnerNotFound(owner) from None
@@ -145,7 +226,7 @@ class GitHubClient:
     async def _fetch_repository(self, name: str, entry: Entry | None) -> Fetched | NotModified:
         owner = self._require_owner()
         try:
-            result = await self._fetch_one(f"/repos/{owner}/{name}", _repository_decoder, entry)
+            result = await self._fetch_one(f"/repos/{owner}/{name}", _REPOSITORY, entry)
         except _UpstreamMissing:
             raise NotFound(f"{owner} has no public repository named {name!r}.") from None
         if isinstance(result, Fetched) and not result.value.full_name.lower().startswith(owner.lower() + "/"):
@@ -153,45 +234,56 @@ class GitHubClient:
         return result
 
     async def _fetch_repositories(self, entry: Entry | None) -> Fetched | NotModified:
-        # Only the owner's type is needed here (user or organisation), and it does not change: a cached
-        # profile of any age will do, so a refresh of the list costs one upstream round trip, not two.
-        owner_entry = self.cache.peek("owner") or (await self.profile()).entry
-        owner: Owner = owner_entry.value
-        if owner.type == "Organization":
-            first = f"/orgs/{owner.login}/repos?type=public&per_page={PER_PAGE}"
-        else:
-            first = f"/users/{owner.login}/repos?type=owner&per_page={PER_PAGE}"
+        owner = self._require_owner()
         # Revalidate page by page with each page's ETag; only when every page is unchanged is the whole list.
-        known: dict[str, tuple[str, list[Repository], str | None]] = entry.validators if entry else {}
-        pages: dict[str, tuple[str, list[Repository], str | None]] = {}
+        known: dict[str, tuple[Page, list[Repository]]] = {}
+        if entry is not None and entry.validators:
+            offset = 0
+            for page in entry.validators:
+                known[page.url] = (page, entry.value[offset : offset + page.count])
+                offset += page.count
+        pages: list[Page] = []
+        repositories: list[Repository] = []
         changed = False
 
         async def walk() -> None:
             nonlocal changed
-            url: str | None = first
+            # The first page's URL depends on whether the owner is a user or an organisation: known from
+            # the last walk, else from the profile (of any age: that does not change).
+            url: str | None = entry.validators[0].url if entry is not None and entry.validators else await self._first_page()
             while url is not None and len(pages) < MAX_PAGES:
                 previous = known.get(url)
-                response = await self._get(url, etag=previous[0] if previous else None)
-                if response is NOT_MODIFIED and previous is not None:
-                    pages[url] = previous
-                    url = previous[2]
+                response = await self._get(url, etag=previous[0].etag if previous else None)
+                if isinstance(response, NotModified):
+                    if previous is None:
+                        raise UpstreamBroken("GitHub answered 304 to a request without an ETag.")
+                    pages.append(previous[0])
+                    repositories.extend(previous[1])
+                    url = previous[0].next
                     continue
-                assert isinstance(response, httpx.Response)
-                items = self._decode(_repositories_decoder, response)
+                items = self._decode(_REPOSITORIES, response)
                 next_url = self._next_page(response)
-                pages[url] = (response.headers.get("etag", ""), items, next_url)
+                pages.append(Page(url, response.headers.get("etag", ""), next_url, len(items)))
+                repositories.extend(items)
                 changed = True
                 url = next_url
 
         try:
+            # One GITHUB_TIMEOUT for the whole refresh, the profile it may need included.
             await self._within_deadline(walk)
         except _UpstreamMissing:
-            self._config_problem = f"GitHub owner {owner.login!r} does not exist"
-            raise OwnerNotFound(owner.login) from None
-        if not changed and entry is not None and pages.keys() == known.keys():
+            self._config_problem = f"GitHub owner {owner!r} does not exist"
+            raise OwnerNotFound(owner) from None
+        if not changed and entry is not None and [p.url for p in pages] == [p.url for p in entry.validators]:
             return NOT_MODIFIED
-        repositories = [repo for _, items, _ in pages.values() for repo in items]
         return Fetched(repositories, pages)
+
+    async def _first_page(self) -> str:
+        owner_entry = self.cache.peek(self._owner_key) or (await self.profile()).entry
+        owner: Owner = owner_entry.value
+        if owner.type == "Organization":
+            return f"/orgs/{owner.login}/repos?type=public&per_page={PER_PAGE}"
+        return f"/users/{owner.login}/repos?type=owner&per_page={PER_PAGE}"
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -200,14 +292,16 @@ class GitHubClient:
             raise OwnerNotConfigured()
         return self.owner
 
-    async def _fetch_one(self, url: str, decoder: msgspec.json.Decoder[Any], entry: Entry | None) -> Fetched | NotModified:
+    async def _fetch_one(self, url: str, codec: Codec, entry: Entry | None) -> Fetched | NotModified:
         etag = entry.validators if entry else None
 
         async def fetch() -> Fetched | NotModified:
             response = await self._get(url, etag=etag)
             if isinstance(response, NotModified):
+                if etag is None:
+                    raise UpstreamBroken("GitHub answered 304 to a request without an ETag.")
                 return response
-            return Fetched(self._decode(decoder, response), response.headers.get("etag"))
+            return Fetched(self._decode(codec, response), response.headers.get("etag"))
 
         return await self._within_deadline(fetch)
 
@@ -221,7 +315,8 @@ class GitHubClient:
             raise UpstreamTimeout(f"GitHub did not answer within {self.timeout:g} s.") from None
 
     async def _get(self, url: str, *, etag: str | None) -> httpx.Response | NotModified:
-        wait = self._blocked_until - self.wall_clock()
+        shared = self.cache.shared
+        wait = max(self._blocked_until, shared.blocked_until if shared else 0.0) - self.clock()
         if wait > 0:
             raise UpstreamRateLimited(math.ceil(wait))
         try:
@@ -247,9 +342,11 @@ class GitHubClient:
         if status in (403, 429):
             retry_after = self._rate_limit_wait(response)
             if retry_after is not None:
-                self._blocked_until = self.wall_clock() + retry_after
+                self._blocked_until = self.clock() + retry_after
                 self._record(False, "rate limited")
                 logger.warning("GitHub rate limit reached; no upstream call for %d s", retry_after)
+                if shared is not None:
+                    await shared.block(self._blocked_until)  # and none from any other process either
                 raise UpstreamRateLimited(retry_after)
         self._record(False, f"HTTP {status}")
         raise UpstreamBroken(f"GitHub answered HTTP {status}.")
@@ -267,13 +364,13 @@ class GitHubClient:
         if response.headers.get("x-ratelimit-remaining") == "0":
             reset = response.headers.get("x-ratelimit-reset", "")
             if reset.strip().isdigit():
-                return max(1, math.ceil(int(reset) - self.wall_clock()))
+                return max(1, math.ceil(int(reset) - self.clock()))
             return 60
         return 60 if response.status_code == 429 else None
 
-    def _decode(self, decoder: msgspec.json.Decoder[T], response: httpx.Response) -> T:
+    def _decode(self, codec: Codec, response: httpx.Response) -> Any:
         try:
-            return decoder.decode(response.content)
+            return codec.decode_value(response.content)
         except msgspec.DecodeError as exc:
             self._record(False, "malformed answer")
             raise UpstreamBroken(f"GitHub sent an answer this service cannot read ({exc}).") from None
@@ -287,7 +384,7 @@ class GitHubClient:
         return url[len(base) :] if url.startswith(base + "/") else None
 
     def _record(self, ok: bool, detail: str) -> None:
-        self._last_outcome = (ok, detail, self.wall_clock())
+        self._last_outcome = (ok, detail, self.clock())
         metrics.github_outcome(detail)
 
 

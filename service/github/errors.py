@@ -1,13 +1,16 @@
-"""What goes wrong between this service and GitHub, as problems a route can raise as they are.
+"""What goes wrong between this service and GitHub (its API and its webhooks), as problems a route
+can raise as they are.
 
     ApiError (service.errors)
-    └── UpstreamFailure         GitHub could not answer usefully; a cached copy may stand in for it
-        ├── UpstreamTimeout         504  no answer within GITHUB_TIMEOUT
-        ├── UpstreamBroken          502  refused or reset connection, a 5xx, or a body GitHub does not document
-        ├── UpstreamRateLimited     503  rate limit used up; Retry-After says until when
-        ├── CredentialsRejected     503  GITHUB_TOKEN refused (401)
-        ├── OwnerNotConfigured      503  GITHUB_OWNER unset
-        └── OwnerNotFound           502  no such user or organisation
+    ├── UpstreamFailure         GitHub could not answer usefully; a cached copy may stand in for it
+    │   ├── UpstreamTimeout         504  no answer within GITHUB_TIMEOUT
+    │   ├── UpstreamBroken          502  refused or reset connection, a 5xx, or a body GitHub does not document
+    │   ├── UpstreamRateLimited     503  rate limit used up; Retry-After says until when
+    │   ├── CredentialsRejected     503  GITHUB_TOKEN refused (401)
+    │   ├── OwnerNotConfigured      503  GITHUB_OWNER unset
+    │   └── OwnerNotFound           502  no such user or organisation
+    ├── WebhookRejected         401  a webhook delivery without a valid X-Hub-Signature-256
+    └── WebhookMalformed        400  a signed delivery without an event name, or a payload that is not an event
 """
 
 from __future__ import annotations
@@ -65,3 +68,18 @@ class OwnerNotFound(UpstreamFailure):
 
     def __init__(self, owner: str) -> None:
         super().__init__(f"GitHub has no user or organisation named {owner!r}.", title="GitHub owner not found")
+
+
+class WebhookRejected(ApiError):
+    status = 401
+    slug = "invalid-signature"
+
+    def __init__(self, detail: str) -> None:
+        # 401 names a scheme: here, GitHub's signature header.
+        challenge = {"WWW-Authenticate": 'X-Hub-Signature-256 realm="github-webhook"'}
+        super().__init__(detail, headers=challenge, title="Invalid signature")
+
+
+class WebhookMalformed(ApiError):
+    status = 400
+    slug = "malformed-webhook"

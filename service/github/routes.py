@@ -1,4 +1,5 @@
-"""GET /github/repos, /github/repos/{name} and /github/owner: answered from cached, pre-encoded bytes."""
+"""GET /github/repos, /github/repos/{name} and /github/owner, answered from cached, pre-encoded bytes;
+POST /github/webhook (service.github.webhook)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from service.errors import NotFound
 from service.github.cache import Lookup
 from service.github.client import GitHubClient
 from service.github.models import RepositoryQuery, is_valid_repository_name, select
+from service.github.webhook import receive_webhook
 from service.http import BytesResponse, not_modified
 from service.json_body import convert_query
 
@@ -48,8 +50,9 @@ async def get_repository(request: Request) -> BytesResponse:
     if not is_valid_repository_name(name):
         raise NotFound("Not a valid repository name.")
     github = _github(request)
-    lookup = await github.repository(name)
-    return _cached_response(request, lookup, _WHOLE, lambda: _encoder.encode(lookup.entry.value))
+    lookup, repository = await github.repository(name)
+    # Usually a view of the list entry (keyed by the name, beside the queries' views), kept with the list.
+    return _cached_response(request, lookup, repository.name, lambda: _encoder.encode(repository))
 
 
 async def get_owner(request: Request) -> BytesResponse:
@@ -94,4 +97,5 @@ routes = [
     Route("/github/repos", _Endpoint(list_repositories), methods=["GET"]),
     Route("/github/repos/{name}", _Endpoint(get_repository), methods=["GET"]),
     Route("/github/owner", _Endpoint(get_owner), methods=["GET"]),
+    Route("/github/webhook", receive_webhook, methods=["POST"]),
 ]
