@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from service.github.errors import UpstreamFailure
-from service.http import etag_for
+from service.http import EncodedBody
 
 MAX_VIEWS_PER_ENTRY = 256
 
@@ -29,10 +29,11 @@ class Fetched(NamedTuple):
     validators: Any  # whatever the fetcher needs next time to revalidate, e.g. ETags
 
 
-@dataclass(frozen=True)
-class EncodedView:
-    body: bytes
-    etag: str
+class EncodedView(EncodedBody):
+    """One encoded answer kept with its entry. Its br and gzip forms are made the first time a client
+    asks for each (lazily: a form nobody asks for costs nothing) and are dropped with the view."""
+
+    __slots__ = ()
 
 
 @dataclass(eq=False)
@@ -49,7 +50,7 @@ class Entry:
             if len(self.views) >= MAX_VIEWS_PER_ENTRY:
                 self.views.clear()
             body = render()
-            found = self.views[key] = EncodedView(body, etag_for(body))
+            found = self.views[key] = EncodedView(body)
         return found
 
 
