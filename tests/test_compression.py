@@ -111,7 +111,9 @@ def decompress(body: bytes, coding: str | None) -> bytes:
 
 async def compressible_paths(api: httpx.AsyncClient) -> list[str]:
     """One of every kind of negotiable answer, each at least MIN_COMPRESSED_SIZE long."""
-    return ["/github/repos", "/openapi.json", "/openapi.yaml", "/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js"]
+    created = await api.post("/announcements", json={"title": "Long", "body": "A paragraph of *Markdown*. " * 80}, headers=ADMIN)
+    return ["/github/repos", "/announcements", created.headers["location"], "/openapi.json", "/openapi.yaml",
+            "/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js"]  # fmt: skip
 
 
 @pytest.mark.anyio
@@ -159,7 +161,8 @@ async def test_head_answers_the_same_headers_without_the_body(api: httpx.AsyncCl
 
 @pytest.mark.anyio
 async def test_small_bodies_are_sent_as_they_are(api: httpx.AsyncClient) -> None:
-    for path in ("/github/owner", "/docs/init.js"):
+    small = await api.post("/announcements", json={"title": "Short", "body": "Tiny."}, headers=ADMIN)
+    for path in ("/github/owner", small.headers["location"], "/docs/init.js"):
         response, body = await raw_get(api, path, **{"accept-encoding": "br, gzip"})
         assert response.status_code == 200 and len(body) < MIN_COMPRESSED_SIZE, path
         assert "content-encoding" not in response.headers, path
@@ -184,6 +187,21 @@ async def test_no_accept_encoding_means_identity_and_refused_identity_gets_a_cod
     assert http.acceptable_codings(scope_without) == ("identity",)
     refused, body = await raw_get(api, "/github/repos", **{"accept-encoding": "identity;q=0, gzip"})
     assert refused.headers["content-encoding"] == "gzip" and gzip.decompress(body)
+
+
+@pytest.mark.anyio
+async def test_if_match_accepts_the_tag_of_a_compressed_form(api: httpx.AsyncClient) -> None:
+    """An editor's browser read the br form; sending its tag back must not be a 412."""
+    created = await api.post("/announcements", json={"title": "Long", "body": "Words. " * 400}, headers=ADMIN)
+    location = created.headers["location"]
+    read, _ = await raw_get(api, location, **{"accept-encoding": "br"})
+    assert read.headers["etag"] != created.headers["etag"] and read.headers["etag"].endswith('-br"')
+    patched = await api.patch(location, json={"pinned": True}, headers={**ADMIN, "If-Match": read.headers["etag"]})
+    assert patched.status_code == 200
+    stale = await api.patch(location, json={"pinned": False}, headers={**ADMIN, "If-Match": read.headers["etag"]})
+    assert stale.status_code == 412  # the compressed tag of an old version is still an old version
+    weak = await api.patch(location, json={"pinned": False}, headers={**ADMIN, "If-Match": f"W/{patched.headers['etag'][:-1]}-gzip\""})
+    assert weak.status_code == 412  # still strong comparison
 
 
 @pytest.mark.anyio

@@ -1,25 +1,33 @@
 """`Announcements`: what the endpoints use — the store behind the thread pool and a concurrency limit,
-and the admin-token check. Built once in the lifespan; routes get it, not its parts."""
+the read cache of public answers, and the admin-token check. Built once in the lifespan; routes get
+it, not its parts."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import anyio
+import msgspec
 from starlette.concurrency import run_in_threadpool
 
+from service.announcements.cache import ReadCache
 from service.announcements.models import Announcement, AnnouncementPage, AnnouncementPatch, ListQuery, NewAnnouncement
 from service.announcements.models import decode_cursor, encode_cursor
-from service.announcements.store import AnnouncementStore
+from service.announcements.store import AnnouncementStore, StoreUnavailable
 from service.errors import Forbidden, NotFound, Unauthorized
-from service.http import EntityTags
+from service.http import EncodedBody, EntityTags
 from service.readiness import Check
 
 T = TypeVar("T")
+logger = logging.getLogger("service.announcements")
+_encoder = msgspec.json.Encoder()
 
 
 def _now() -> datetime:
@@ -31,6 +39,9 @@ def _digest(value: str) -> bytes:
 
 
 class Announcements:
+    read_cache = True  # public reads from memory; the bench turns it off to measure the thread-pool path
+    poll_interval = 1.0  # seconds between reads of the change counter; also how late another process's write may be seen
+
     def __init__(
         self,
         store: AnnouncementStore,
@@ -45,6 +56,11 @@ class Announcements:
         self._admin_digest = _digest(admin_token) if admin_token else None
         # At most the pool's size of store calls at once; callers beyond wait here, not in a worker thread.
         self._limiter = anyio.CapacityLimiter(concurrency)
+        self.views: ReadCache[EncodedBody] = ReadCache(max_age=self.poll_interval)
+        self._poller: asyncio.Task[None] | None = None
+        self._poll_done: asyncio.Event | None = None  # set when the poll in flight (if any) ends
+        self._poll_failing = False
+        self._stopping = asyncio.Event()
 
     async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Every store call: blocking, so off the event loop, and at most `concurrency` at once."""
@@ -57,9 +73,54 @@ class Announcements:
         await self.call(self.store.open)
         if self.store.kind == "sqlite":  # zero set-up locally; PostgreSQL is migrated by the release phase
             await self.call(self.store.migrate)
+        if self.read_cache:
+            self._poller = asyncio.create_task(self._poll_changes(), name="announcements-change-counter")
 
     async def stop(self) -> None:
+        if self._poller is not None:
+            # Not cancelled: a cancelled task would leave its store call running in a worker thread,
+            # and closing the store under it crashes SQLite. The poll in flight finishes first.
+            self._stopping.set()
+            await self._poller
         await run_in_threadpool(self.store.close)
+
+    async def _poll_changes(self) -> None:
+        """Reads the change counter and the next publish/expiry time, once a second, until stopped. Runs
+        beside the requests; while it fails, the cache is not used."""
+        while not self._stopping.is_set():
+            started = self.views.monotonic()
+            self.views.poll_started()
+            self._poll_done = done = asyncio.Event()
+            try:
+                changes = await self.call(self.store.changes, now=self.clock())
+            except Exception as exc:
+                if not self._poll_failing:  # once per outage, not once a second
+                    logger.warning("announcements read cache off: change counter unreadable (%s)", _reason(exc))
+                self._poll_failing = True
+            else:
+                if self._poll_failing:
+                    logger.info("announcements read cache on again: change counter readable")
+                self._poll_failing = False
+                self.views.polled(started, changes.counter, changes.next_boundary)
+            finally:
+                self._poll_done = None
+                done.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), max(0.0, started + self.poll_interval - self.views.monotonic()))
+
+    async def _cached(self, key: int | ListQuery) -> tuple[EncodedBody | None, datetime]:
+        """The cached answer for `key` (None if there is none to trust) and the time to read at if not.
+        In the moment between one second's vouching and the next poll's answer, a request waits for
+        that poll (about a millisecond) rather than reading the database."""
+        now = self.clock()
+        if not self.read_cache:
+            return None, now
+        found = self.views.get(key, now)
+        if found is None and (done := self._poll_done) is not None and not self._poll_failing and not self.views.vouched():
+            await done.wait()
+            now = self.clock()
+            found = self.views.get(key, now)
+        return found, now
 
     async def readiness(self) -> Check:
         ok, detail = await self.call(self.store.readiness)
@@ -91,25 +152,57 @@ class Announcements:
 
     # -- reads and writes --------------------------------------------------------------------
 
-    async def page(self, query: ListQuery, *, include_all: bool) -> AnnouncementPage:
+    async def page(self, query: ListQuery, *, include_all: bool, now: datetime | None = None) -> AnnouncementPage:
         after = decode_cursor(query.cursor) if query.cursor is not None else None
         rows = await self.call(
-            self.store.list, now=self.clock(), limit=query.limit + 1, tag=query.tag, include_all=include_all, after=after
+            self.store.list, now=now or self.clock(), limit=query.limit + 1, tag=query.tag, include_all=include_all, after=after
         )
         items = rows[: query.limit]
         return AnnouncementPage(items, encode_cursor(items[-1]) if len(rows) > query.limit else None)
 
-    async def get(self, id: int, *, admin: bool) -> Announcement:
+    async def get(self, id: int, *, admin: bool, now: datetime | None = None) -> Announcement:
         found = await self.call(self.store.get, id)
-        if found is None or not (admin or found.is_public(self.clock())):
+        if found is None or not (admin or found.is_public(now or self.clock())):
             raise NotFound(f"No announcement {id}.")
         return found
 
+    async def public_page(self, query: ListQuery) -> EncodedBody:
+        """A page of the public list, encoded: from the read cache, or read and then kept there."""
+        cached, now = await self._cached(query)
+        if cached is not None:
+            return cached
+        ticket = self.views.ticket()
+        view = EncodedBody(_encoder.encode(await self.page(query, include_all=False, now=now)))
+        if self.read_cache:
+            self.views.put(query, view, ticket, now)
+        return view
+
+    async def public_item(self, id: int) -> EncodedBody:
+        """One public announcement, encoded, with its ETag: from the read cache, or read and then kept."""
+        cached, now = await self._cached(id)
+        if cached is not None:
+            return cached
+        ticket = self.views.ticket()
+        found = await self.get(id, admin=False, now=now)
+        view = EncodedBody(_encoder.encode(found), found.etag)
+        if self.read_cache:
+            self.views.put(id, view, ticket, now)
+        return view
+
     async def create(self, data: NewAnnouncement) -> Announcement:
-        return await self.call(self.store.create, data, now=self.clock())
+        created = await self.call(self.store.create, data, now=self.clock())
+        self.views.invalidate(created.published_at, created.expires_at, now=self.clock())
+        return created
 
     async def update(self, id: int, patch: AnnouncementPatch, *, if_match: EntityTags | None) -> Announcement:
-        return await self.call(self.store.update, id, patch, now=self.clock(), if_match=if_match)
+        updated = await self.call(self.store.update, id, patch, now=self.clock(), if_match=if_match)
+        self.views.invalidate(updated.published_at, updated.expires_at, now=self.clock())
+        return updated
 
     async def delete(self, id: int, *, if_match: EntityTags | None) -> None:
         await self.call(self.store.delete, id, if_match=if_match)
+        self.views.invalidate(now=self.clock())
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc.detail) if isinstance(exc, StoreUnavailable) else type(exc).__name__
