@@ -57,8 +57,9 @@ class Announcements:
         # At most the pool's size of store calls at once; callers beyond wait here, not in a worker thread.
         self._limiter = anyio.CapacityLimiter(concurrency)
         self.views: ReadCache[EncodedBody] = ReadCache(max_age=self.poll_interval)
-        self._poller: asyncio.Task[None] | None = None
-        self._poll_done: asyncio.Event | None = None  # set when the poll in flight (if any) ends
+        self._poller: asyncio.Task[None] | None = None  # polls once a second
+        self._poll: asyncio.Task[None] | None = None  # the latest poll, maybe in flight
+        self._poll_started = float("-inf")
         self._poll_failing = False
         self._stopping = asyncio.Event()
 
@@ -82,42 +83,52 @@ class Announcements:
             # and closing the store under it crashes SQLite. The poll in flight finishes first.
             self._stopping.set()
             await self._poller
+        if self._poll is not None:
+            await self._poll
         await run_in_threadpool(self.store.close)
 
     async def _poll_changes(self) -> None:
-        """Reads the change counter and the next publish/expiry time, once a second, until stopped. Runs
-        beside the requests; while it fails, the cache is not used."""
+        """Polls once a second until stopped, beside the requests."""
         while not self._stopping.is_set():
-            started = self.views.monotonic()
-            self.views.poll_started()
-            self._poll_done = done = asyncio.Event()
-            try:
-                changes = await self.call(self.store.changes, now=self.clock())
-            except Exception as exc:
-                if not self._poll_failing:  # once per outage, not once a second
-                    logger.warning("announcements read cache off: change counter unreadable (%s)", _reason(exc))
-                self._poll_failing = True
-            else:
-                if self._poll_failing:
-                    logger.info("announcements read cache on again: change counter readable")
-                self._poll_failing = False
-                self.views.polled(started, changes.counter, changes.next_boundary)
-            finally:
-                self._poll_done = None
-                done.set()
+            await asyncio.shield(self._start_poll())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), max(0.0, started + self.poll_interval - self.views.monotonic()))
+                wait = self._poll_started + self.poll_interval - self.views.monotonic()
+                await asyncio.wait_for(self._stopping.wait(), max(0.0, wait))
+
+    def _start_poll(self) -> asyncio.Task[None]:
+        """The poll in flight, or a new one if none is and the last started a second ago or more."""
+        if (self._poll is None or self._poll.done()) and self.views.monotonic() - self._poll_started >= self.poll_interval:
+            self._poll = asyncio.create_task(self._read_changes(), name="announcements-change-counter")
+        assert self._poll is not None
+        return self._poll
+
+    async def _read_changes(self) -> None:
+        """One read of the change counter and the next publish/expiry time. Straight to the thread pool,
+        not through the limiter: requests may be waiting for this poll, so it must not queue behind them."""
+        self._poll_started = started = self.views.monotonic()
+        self.views.poll_started()
+        try:
+            changes = await run_in_threadpool(self.store.changes, now=self.clock())
+        except Exception as exc:
+            if not self._poll_failing:  # once per outage, not once a second
+                logger.warning("announcements read cache off: change counter unreadable (%s)", _reason(exc))
+            self._poll_failing = True
+        else:
+            if self._poll_failing:
+                logger.info("announcements read cache on again: change counter readable")
+            self._poll_failing = False
+            self.views.polled(started, changes.counter, changes.next_boundary)
 
     async def _cached(self, key: int | ListQuery) -> tuple[EncodedBody | None, datetime]:
         """The cached answer for `key` (None if there is none to trust) and the time to read at if not.
-        In the moment between one second's vouching and the next poll's answer, a request waits for
-        that poll (about a millisecond) rather than reading the database."""
+        When the last poll's second is over, the request waits for the next poll (about a millisecond;
+        started now if the timer is late) rather than reading the database."""
         now = self.clock()
         if not self.read_cache:
             return None, now
         found = self.views.get(key, now)
-        if found is None and (done := self._poll_done) is not None and not self._poll_failing and not self.views.vouched():
-            await done.wait()
+        if found is None and not self._poll_failing and not self.views.vouched() and not self._stopping.is_set():
+            await asyncio.shield(self._start_poll())
             now = self.clock()
             found = self.views.get(key, now)
         return found, now
