@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 from pathlib import Path
 from typing import Any
@@ -86,7 +88,16 @@ def _static_answers() -> dict[str, EncodedBody]:
     for name, media_type in _ASSETS.items():
         body = _INIT_JS if name == "init.js" else (_SWAGGER_STATIC / name).read_bytes()
         answers[name] = EncodedBody(body, media_type=media_type.encode(), negotiable=not media_type.startswith("image/"))
-    return {path: answer.compress_all() for path, answer in answers.items()}
+    compressed = {path: answer.compress_all() for path, answer in answers.items()}
+    _return_free_memory()
+    return compressed
+
+
+def _return_free_memory() -> None:
+    """Compressing the 1.4 MB bundle leaves about 8 MB of freed scratch memory that glibc keeps in its
+    arenas (the worker's RSS, measured); hand it back to the OS. Elsewhere (no glibc) nothing to do."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def build_routes() -> list[Route]:
