@@ -141,10 +141,13 @@ def _ms(text: str) -> float:
     return float(match[1]) * _UNITS[match[2]]
 
 
-def wrk(url: str, *, connections: int, seconds: float, script: Path | None = None, cpu: str = LOAD_CPU) -> Measurement:
+def wrk(url: str, *, connections: int, seconds: float, script: Path | None = None, cpu: str = LOAD_CPU,
+        headers: dict[str, str] | None = None) -> Measurement:  # fmt: skip
     argv = ["taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s"]
     if script:
         argv += ["-s", str(script)]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
     done = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 60)
     out = done.stdout
     if done.returncode != 0 or "Requests/sec" not in out:
@@ -160,15 +163,17 @@ def wrk(url: str, *, connections: int, seconds: float, script: Path | None = Non
 
 
 def compare(targets: dict[str, str], *, rounds: int, seconds: float, warmup: float, connections: int,
-            script: Path | None = None) -> dict[str, Series]:  # fmt: skip
-    """Alternate the targets round by round (order reversed every other round), after a warm-up each."""
+            script: Path | None = None, headers: dict[str, dict[str, str]] | None = None) -> dict[str, Series]:  # fmt: skip
+    """Alternate the targets round by round (order reversed every other round), after a warm-up each.
+    `headers` gives request headers per target label."""
     series = {label: Series(label) for label in targets}
     labels = list(targets)
     for round_ in range(rounds):
         for label in labels if round_ % 2 == 0 else reversed(labels):
+            sent = (headers or {}).get(label)
             if warmup:
-                wrk(targets[label], connections=connections, seconds=warmup, script=script)
-            series[label].runs.append(wrk(targets[label], connections=connections, seconds=seconds, script=script))
+                wrk(targets[label], connections=connections, seconds=warmup, script=script, headers=sent)
+            series[label].runs.append(wrk(targets[label], connections=connections, seconds=seconds, script=script, headers=sent))
     return series
 
 
@@ -192,7 +197,8 @@ def machine() -> dict[str, str]:
         mem = f"{kib // 1024 // 1024} GiB"
     from importlib.metadata import version
 
-    packages = ", ".join(f"{p} {version(p)}" for p in ("starlette", "uvicorn", "msgspec", "httpx", "fastapi", "pydantic", "flask", "gunicorn"))
+    names = ("starlette", "uvicorn", "msgspec", "httpx", "fastapi", "pydantic", "litestar", "flask", "gunicorn", "brotli")
+    packages = ", ".join(f"{p} {version(p)}" for p in names)
     wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()[0:1]
     return {
         "CPU": f"{cpu}, {os.cpu_count()} cores (servers pinned to core {SERVER_CPU}, load and upstream to core {LOAD_CPU})",

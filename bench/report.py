@@ -219,14 +219,14 @@ def outcomes_from_report(text: str) -> list[Outcome]:
         elif not line.startswith("|"):
             table = ""
         elif not table:
-            table = cells[0]
+            table = " | ".join(cells[:2])  # e.g. "Contender | req/s"; other tables (bytes sent, costs) are not drawn
         elif line.startswith("|---"):
             continue
-        elif table == "Contender":  # | label | req/s | p50 | p99 | non-2xx | socket errors |
+        elif table == "Contender | req/s":  # | label | req/s | p50 | p99 | non-2xx | socket errors |
             rps, p50, p99 = (_parse_number(cell) for cell in cells[1:4])
             run = Measurement(rps, p50, p99, requests=0, non_2xx=int(cells[4]), errors=int(cells[5]))
             outcomes[next(reversed(outcomes))].series[cells[0]] = Series(cells[0], [run])
-        elif table == "Scenario":  # | scenario | measure | measured | goal | met |
+        elif table.startswith("Scenario |"):  # | scenario | measure | measured | goal | met |
             measured, target = _parse_number(cells[2]), _parse_number(cells[3])
             unit = re.sub(r"^[\d,.]+", "", cells[2])
             goals.append((cells[0], Goal(cells[1], measured, target, higher_is_better=cells[3].startswith("≥"), unit=unit)))

@@ -1,4 +1,4 @@
-"""The six scenarios of the performance report, each measured as ratios within one run."""
+"""The scenarios of the performance report, each measured as ratios within one run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 import time
 import timeit
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,48 +76,120 @@ def _peer_env(env: dict[str, object], **extra: str) -> dict[str, str]:
             "BENCH_CWD": str(env["workdir"]), **extra}  # fmt: skip
 
 
-def health_and_cache_hit(env: dict[str, object], profile: Profile) -> list[Outcome]:
-    """Scenarios 1 and 2: /health with all middleware, and a cached /github/repos, against the peers."""
+def side_by_side(env: dict[str, object], profile: Profile) -> list[Outcome]:
+    """Scenarios 1, 2 and 8: /health with all middleware, a cached /github/repos and the public
+    /announcements list, against the peers, all in one alternating run."""
     ours_env = dict(env["ours_env"])
     with (
         server("ours", uvicorn("service.app:app"), ours_env) as ours,
+        server("ours, read cache off", uvicorn("bench.variants:uncached_app") + ["--factory"], ours_env) as uncached,
         server("raw", uvicorn("bench.peers.raw_asgi:app"), {}) as raw,
         server("starlette", uvicorn("bench.peers.starlette_floor:app"), {}) as starlette,
         server("fastapi", uvicorn("bench.peers.fastapi_app:app"), _peer_env(env)) as fastapi,
+        server("litestar", uvicorn("bench.peers.litestar_app:app"), _peer_env(env)) as litestar,
     ):
-        httpx.get(f"{ours.url}/github/repos", timeout=10).raise_for_status()  # fill both caches
-        httpx.get(f"{fastapi.url}/github/repos", timeout=10).raise_for_status()
+        for peer in (ours, fastapi, litestar):  # fill the caches
+            httpx.get(f"{peer.url}/github/repos", timeout=10).raise_for_status()
         targets = {
             "raw ASGI /health": f"{raw.url}/health",
             "bare Starlette /health": f"{starlette.url}/health",
             "this service /health": f"{ours.url}/health",
             "FastAPI /health": f"{fastapi.url}/health",
+            "Litestar /health": f"{litestar.url}/health",
             "this service /github/repos (hit)": f"{ours.url}/github/repos",
             "FastAPI /github/repos (hit)": f"{fastapi.url}/github/repos",
+            "Litestar /github/repos (response cache hit)": f"{litestar.url}/github/repos",
+            "this service /announcements (read cache)": f"{ours.url}/announcements",
+            "this service /announcements, read cache off (bench-only variant)": f"{uncached.url}/announcements",
+            "FastAPI /announcements (sync def)": f"{fastapi.url}/announcements",
+            "Litestar /announcements (sync_to_thread)": f"{litestar.url}/announcements",
         }
         series = harness.compare(targets, rounds=profile.rounds, seconds=profile.seconds, warmup=profile.warmup, connections=64)
-    ours_health, raw_health, fastapi_health = (series[k].rps for k in ("this service /health", "raw ASGI /health", "FastAPI /health"))
-    starlette_health = series["bare Starlette /health"].rps
-    ours_hit, fastapi_hit = series["this service /github/repos (hit)"].rps, series["FastAPI /github/repos (hit)"].rps
+    rps = {label: s.rps for label, s in series.items()}
+    ours_health, ours_hit = rps["this service /health"], rps["this service /github/repos (hit)"]
     s1 = Outcome(
         "1. GET /health, all production middleware on (64 connections)",
-        {k: series[k] for k in ("raw ASGI /health", "bare Starlette /health", "this service /health", "FastAPI /health")},
-        [Goal("this service / raw-ASGI floor", ours_health / raw_health, 0.65),
-         Goal("this service / FastAPI", ours_health / fastapi_health, 2.3)],  # fmt: skip
+        {k: series[k] for k in ("raw ASGI /health", "bare Starlette /health", "this service /health", "FastAPI /health", "Litestar /health")},
+        [Goal("this service / raw-ASGI floor", ours_health / rps["raw ASGI /health"], 0.65),
+         Goal("this service / bare Starlette", ours_health / rps["bare Starlette /health"], 0.9),
+         Goal("this service / FastAPI", ours_health / rps["FastAPI /health"], 2.3),
+         Goal("this service / Litestar", ours_health / rps["Litestar /health"], 1.5)],  # fmt: skip
         ["Production middleware: request id, JSON access line (to /dev/null here), nosniff, request timeout, body limit.",
          f"Bare Starlette (one route, the floor's fixed bytes, no middleware, no handlers) reaches "
-         f"{starlette_health / raw_health:.2f}× the raw floor: the framework's share before any code of ours runs. "
-         f"This service reaches {ours_health / starlette_health:.2f}× bare Starlette."],  # fmt: skip
+         f"{rps['bare Starlette /health'] / rps['raw ASGI /health']:.2f}× the raw floor: the framework's share before any "
+         f"code of ours runs.",
+         "Litestar answers a typed async handler returning a msgspec struct, with no middleware configured."],  # fmt: skip
     )
     s2 = Outcome(
         "2. GET /github/repos, cache hit (30 repositories, 64 connections)",
-        {k: series[k] for k in ("this service /health", "this service /github/repos (hit)", "FastAPI /github/repos (hit)")},
+        {k: series[k] for k in ("this service /health", "this service /github/repos (hit)", "FastAPI /github/repos (hit)",
+                                "Litestar /github/repos (response cache hit)")},  # fmt: skip
         [Goal("repos hit / this service's /health", ours_hit / ours_health, 0.9),
-         Goal("this service / FastAPI (both cached)", ours_hit / fastapi_hit, 4.0)],  # fmt: skip
+         Goal("this service / FastAPI (both cached)", ours_hit / rps["FastAPI /github/repos (hit)"], 4.0),
+         Goal("this service / Litestar (both cached)", ours_hit / rps["Litestar /github/repos (response cache hit)"], 1.5)],  # fmt: skip
         ["The FastAPI peer caches its Pydantic models and re-serialises them through response_model on every hit; "
-         "this service keeps the encoded bytes."],  # fmt: skip
+         "Litestar's response cache keeps the encoded answer and replays it; this service keeps the encoded bytes."],  # fmt: skip
     )
-    return [s1, s2]
+    ours_read = rps["this service /announcements (read cache)"]
+    s8 = Outcome(
+        "8. GET /announcements, public list of 20 (64 connections, SQLite)",
+        {k: series[k] for k in ("this service /announcements (read cache)", "this service /github/repos (hit)",
+                                "this service /announcements, read cache off (bench-only variant)",
+                                "FastAPI /announcements (sync def)", "Litestar /announcements (sync_to_thread)")},  # fmt: skip
+        [Goal("/announcements / this service's cached /github/repos", ours_read / ours_hit, 0.8),
+         Goal("this service / FastAPI (sync def endpoint)", ours_read / rps["FastAPI /announcements (sync def)"], 4.0)],  # fmt: skip
+        ["This service answers public reads from pre-encoded views in memory, checked against the database's "
+         "change counter once a second; the bench-only variant without the read cache shows the thread-pool path "
+         f"({ours_read / rps['this service /announcements, read cache off (bench-only variant)']:.1f}× slower here).",
+         "The peers read SQLite in a worker thread on every request and answer 5 of the 9 fields (smaller bodies)."],  # fmt: skip
+    )
+    return [s1, s2, s8]
+
+
+def compressed_cache_hit(env: dict[str, object], profile: Profile) -> list[Outcome]:
+    """Scenario 7: a cached 100-repository list asked for with Accept-Encoding: br, gzip."""
+    accept = {"Accept-Encoding": "br, gzip"}
+    with server("upstream, 100 repositories", uvicorn("bench.upstream:app"), {"BENCH_UPSTREAM_REPOS": "100"},
+                cpu=harness.LOAD_CPU, ready_path="/users/octo-dev") as upstream:  # fmt: skip
+        peer_env = {**_peer_env(env), "GITHUB_API_URL": upstream.url}
+        with (
+            server("ours", uvicorn("service.app:app"), {**env["ours_env"], "GITHUB_API_URL": upstream.url}) as ours,
+            server("fastapi+gzip", uvicorn("bench.peers.fastapi_gzip:app"), peer_env) as fastapi,
+            server("litestar+gzip", uvicorn("bench.peers.litestar_app:gzip_app"), peer_env) as litestar,
+        ):
+            path = "/github/repos?limit=100&forks=true"  # forks too, so every contender answers all 100
+            sizes = {}
+            for name, peer in (("this service", ours), ("FastAPI + GZipMiddleware", fastapi), ("Litestar, gzip compression", litestar)):
+                plain = httpx.get(peer.url + path, headers={"Accept-Encoding": "identity"}, timeout=10)
+                with httpx.stream("GET", peer.url + path, headers=accept, timeout=10) as packed:
+                    body = b"".join(packed.iter_raw())
+                    coding = packed.headers.get("content-encoding")
+                if coding not in ("br", "gzip") or len(plain.json()) != 100:
+                    raise RuntimeError(f"{name} did not compress {path}: {coding}, {len(plain.json())} items")
+                sizes[name] = (len(plain.content), coding, len(body))
+            targets = {
+                "this service, identity": f"{ours.url}{path}",
+                "this service, br": f"{ours.url}{path}",
+                "FastAPI + GZipMiddleware (gzip 9)": f"{fastapi.url}{path}",
+                "Litestar with gzip compression (gzip 9)": f"{litestar.url}{path}",
+            }
+            headers = {label: accept for label in targets if label != "this service, identity"}
+            series = harness.compare(targets, rounds=profile.rounds, seconds=profile.seconds, warmup=profile.warmup,
+                                     connections=64, headers=headers)  # fmt: skip
+    rps = {label: s.rps for label, s in series.items()}
+    ours_br = rps["this service, br"]
+    return [Outcome(
+        "7. GET /github/repos?limit=100 (forks included), cache hit, Accept-Encoding: br, gzip (64 connections)",
+        series,
+        [Goal("compressed / identity (this service)", ours_br / rps["this service, identity"], 0.9),
+         Goal("this service / FastAPI + GZipMiddleware", ours_br / rps["FastAPI + GZipMiddleware (gzip 9)"], 8.0),
+         Goal("this service / Litestar with gzip compression", ours_br / rps["Litestar with gzip compression (gzip 9)"], 8.0)],
+        ["This service compresses each cached view once, the first time a client asks for a coding, and keeps the bytes; "
+         "the peers compress every answer. Litestar's response cache is off in its compression peer: it keys on path "
+         "and query only and would replay gzip bytes to clients that did not ask for them."],
+        table=[("Contender", "identity bytes", "coding sent", "bytes sent"),
+               *[(name, f"{plain:,}", coding, f"{packed:,}") for name, (plain, coding, packed) in sizes.items()]],  # fmt: skip
+    )]
 
 
 NAMES_LUA = """
@@ -185,8 +257,9 @@ def event_loop_never_blocked(env: dict[str, object], profile: Profile) -> list[O
     readers = harness.lua_script(SLOW_READERS_LUA)
     rows: dict[str, Series] = {}
     ratios = {}
-    for label, app in (("this service", "service.app:app"), ("store read inside async def (bench-only variant)",
-                                                              "bench.variants:blocking_app")):  # fmt: skip
+    for label, app in (("this service", "service.app:app"),
+                       ("read cache off, store read in the thread pool (bench-only variant)", "bench.variants:uncached_app"),
+                       ("store read inside async def (bench-only variant)", "bench.variants:blocking_app")):  # fmt: skip
         argv = uvicorn(app) + (["--factory"] if "variants" in app else [])
         with server(label, argv, dict(env["ours_env"])) as target:
             idle = Series(f"{label}: /health idle")
@@ -205,7 +278,10 @@ def event_loop_never_blocked(env: dict[str, object], profile: Profile) -> list[O
         "4. Event loop never blocked: /health p99 while 32 connections read /announcements (SQLite)",
         rows,
         [Goal("this service: loaded p99 / idle p99", ratios["this service"], 2.0, higher_is_better=False)],
-        [f"The failure mode it prevents: with the store read done directly inside async def, /health p99 grows "
+        ["This service answers the readers from its read cache; the variant with the read cache off keeps every read on "
+         f"the thread-pool path this scenario was written for: its loaded p99 / idle p99 is "
+         f"{ratios['read cache off, store read in the thread pool (bench-only variant)']:.2f}×.",
+         f"The failure mode it prevents: with the store read done directly inside async def, /health p99 grows "
          f"{ratios['store read inside async def (bench-only variant)']:.1f}× under the same load.",
          "Both /health load generators use 4 connections; the readers each ask every 50 ms (about 640 req/s in all).",
          "An indexed SQLite read of 20 rows takes about 0.1 ms, so doing it on the loop costs little here; the test "
@@ -249,6 +325,55 @@ def decoding(profile: Profile) -> list[Outcome]:
     )]
 
 
+def compression_costs(profile: Profile) -> list[Outcome]:
+    """Scenario 9: what each compression setting costs and saves, in process; the threshold; start-up."""
+    import gzip
+
+    import brotli
+    import msgspec
+
+    from service import docs, http
+    from service.github.models import Repository, RepositoryQuery, select
+    from tests.fixtures.make_repos import make
+
+    repos = msgspec.json.decode(json.dumps(make("octo-dev", 100)).encode(), type=list[Repository])
+    body = msgspec.json.encode(select(repos, RepositoryQuery(limit=100)))
+    number = 3 if profile is SMOKE else 20
+
+    def best(work: Callable[[], object]) -> float:
+        return min(timeit.repeat(work, number=1, repeat=number))
+
+    settings = {
+        f"gzip level {http.GZIP_LEVEL} (this service)": lambda: gzip.compress(body, http.GZIP_LEVEL, mtime=0),
+        "gzip level 9 (GZipMiddleware's and Litestar's default)": lambda: gzip.compress(body, 9, mtime=0),
+        f"brotli quality {http.BROTLI_QUALITY} (this service)": lambda: brotli.compress(body, quality=http.BROTLI_QUALITY),
+        "brotli quality 11 (its best)": lambda: brotli.compress(body, quality=11),
+    }
+    rows = [(name, f"{len(work()):,} B", f"{len(body) / len(work()):.1f}×", f"{best(work) * 1e3:.2f} ms") for name, work in settings.items()]
+    lazy = best(lambda: http.EncodedBody(body).form("br"))
+    eager = best(lambda: http.EncodedBody(body).compress_all())
+    rows += [("first br request for a view: lazy (br only)", "", "", f"{lazy * 1e3:.2f} ms"),
+             ("first request for a view: eager (br and gzip)", "", "", f"{eager * 1e3:.2f} ms")]  # fmt: skip
+    started = time.perf_counter()
+    docs._static_answers.__wrapped__()
+    static = time.perf_counter() - started
+    rows.append(("static answers at start-up (spec, Swagger UI assets, both codings)", "", "", f"{static * 1e3:.0f} ms"))
+    small = []
+    for count in (1, 2, 3, 5):  # real answers of about 0.4, 0.8, 1.2 and 2 KB: one to five repositories
+        sample = msgspec.json.encode(select(repos, RepositoryQuery(limit=count, forks=True)))
+        br, gz = len(http.compress(sample, "br")), len(http.compress(sample, "gzip"))
+        small.append((f"{count} repositories", f"{len(sample):,} B", f"br {br:,} B, gzip {gz:,} B",
+                      f"saves {len(sample) - br:,} B"))  # fmt: skip
+    return [Outcome(
+        f"9. Compression, in process: a {len(body) / 1024:.0f} KiB answer (100 repositories), start-up, small bodies",
+        table=[("Setting or step", "size", "ratio", "time (best of runs)"), *rows, *small],
+        notes=["Views are compressed lazily, one coding at a time, the first time a client asks for it: a coding no "
+               "client asks for costs nothing, and the first request pays for one coding, not both.",
+               "Below 1 KiB a body and its headers (about 300 bytes) fit in one TCP segment compressed or not, so "
+               "bodies under MIN_COMPRESSED_SIZE are sent as they are."],  # fmt: skip
+    )]
+
+
 def memory(env: dict[str, object], profile: Profile) -> list[Outcome]:
     """Scenario 6: RSS of one worker after 200,000 mixed requests."""
     script = ROOT / "tests" / "load" / "soak.lua"
@@ -278,11 +403,13 @@ def everything(profile: Profile) -> tuple[list[Outcome], dict[str, str]]:
     harness.require_tools()
     outcomes: list[Outcome] = []
     with environment(profile) as env:
-        outcomes += health_and_cache_hit(env, profile)
+        outcomes += side_by_side(env, profile)
+        outcomes += compressed_cache_hit(env, profile)
         outcomes += cache_disabled(env, profile)
         outcomes += event_loop_never_blocked(env, profile)
         outcomes += memory(env, profile)
     outcomes += decoding(profile)
+    outcomes += compression_costs(profile)
     outcomes.sort(key=lambda o: o.title)
     return outcomes, harness.machine()
 

@@ -23,3 +23,13 @@ class AnnouncementsOnTheEventLoop(Announcements):
 
 def blocking_app() -> Starlette:
     return create_app(load_settings(), announcements_class=AnnouncementsOnTheEventLoop)
+
+
+class AnnouncementsWithoutReadCache(Announcements):
+    """Public reads go to the store every time, through the thread pool: the path the read cache spares."""
+
+    read_cache = False
+
+
+def uncached_app() -> Starlette:
+    return create_app(load_settings(), announcements_class=AnnouncementsWithoutReadCache)

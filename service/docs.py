@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from service.errors import NotFound
-from service.http import BytesResponse, etag_for, not_modified
+from service.http import BytesResponse, EncodedBody
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _SWAGGER_STATIC = Path(swagger_ui.__file__).resolve().parent / "static"
@@ -53,6 +55,8 @@ _PAGE = """<!doctype html>
 </html>
 """
 
+_ASSET_CACHING = [(b"cache-control", b"public, max-age=86400")]
+
 # Swagger UI needs inline styles; everything else comes from this origin.
 _DOCS_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'",
@@ -72,39 +76,49 @@ def load_spec() -> tuple[bytes, dict[str, Any]]:
 
 
 @functools.cache
-def _load_assets() -> dict[str, tuple[bytes, str]]:
-    """Every asset with its ETag, read once before serving: no file I/O on the event loop."""
-    assets = {}
-    for name in _ASSETS:
+def _static_answers() -> dict[str, EncodedBody]:
+    """The contract (YAML and JSON) and every asset, read and compressed once per process before
+    serving (about 0.1 s, nearly all of it the 1.4 MB Swagger UI bundle): no file I/O and no
+    compression on the event loop, ever."""
+    raw_yaml, spec = load_spec()
+    answers = {
+        "/openapi.yaml": EncodedBody(raw_yaml, media_type=b"application/yaml"),
+        "/openapi.json": EncodedBody(msgspec.json.encode(spec)),
+    }
+    for name, media_type in _ASSETS.items():
         body = _INIT_JS if name == "init.js" else (_SWAGGER_STATIC / name).read_bytes()
-        assets[name] = (body, etag_for(body))
-    return assets
+        answers[name] = EncodedBody(body, media_type=media_type.encode(), negotiable=not media_type.startswith("image/"))
+    compressed = {path: answer.compress_all() for path, answer in answers.items()}
+    _return_free_memory()
+    return compressed
+
+
+def _return_free_memory() -> None:
+    """Compressing the 1.4 MB bundle leaves about 8 MB of freed scratch memory that glibc keeps in its
+    arenas (the worker's RSS, measured); hand it back to the OS. Elsewhere (no glibc) nothing to do."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def build_routes() -> list[Route]:
-    raw_yaml, spec = load_spec()
-    assets = _load_assets()
-    json_body = msgspec.json.encode(spec)
+    _, spec = load_spec()
+    answers = _static_answers()
     page = _PAGE.format(title=spec["info"]["title"])
 
-    async def openapi_yaml(request: Request) -> Response:
-        return Response(raw_yaml, media_type="application/yaml")
+    async def openapi_yaml(request: Request) -> BytesResponse:
+        return answers["/openapi.yaml"].respond(request.scope)
 
-    async def openapi_json(request: Request) -> Response:
-        return Response(json_body, media_type="application/json")
+    async def openapi_json(request: Request) -> BytesResponse:
+        return answers["/openapi.json"].respond(request.scope)
 
     async def docs_page(request: Request) -> Response:
         return HTMLResponse(page, headers=_DOCS_HEADERS)
 
     async def docs_asset(request: Request) -> BytesResponse:
         name = request.path_params["asset"]
-        if name not in assets:
+        if name not in _ASSETS:
             raise NotFound(f"No documentation asset named {name!r}.")
-        body, etag = assets[name]
-        headers = [(b"etag", etag.encode()), (b"cache-control", b"public, max-age=86400")]
-        if not_modified(request.scope, etag):
-            return BytesResponse(304, b"", headers)
-        return BytesResponse.of(body, headers, media_type=_ASSETS[name].encode())
+        return answers[name].respond(request.scope, _ASSET_CACHING)
 
     return [
         Route("/openapi.yaml", openapi_yaml, methods=["GET"]),

@@ -8,8 +8,7 @@ import pytest
 
 from service.app import create_app
 from service.settings import Settings
-from tests.support import running
-from tests.support import assert_problem
+from tests.support import assert_problem, running
 
 pytestmark = pytest.mark.anyio
 

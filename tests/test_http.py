@@ -11,9 +11,8 @@ import pytest
 from service.app import create_app
 from service.http import EntityTags, etag_for, parse_entity_tags
 from service.settings import Settings
-from tests.support import running
 from tests.github_standin import GitHubStandIn
-from tests.support import assert_problem
+from tests.support import assert_problem, running
 
 TOKEN = "admin-token-for-tests-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

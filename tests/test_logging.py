@@ -17,9 +17,8 @@ from service.__main__ import uvicorn_options
 from service.app import create_app
 from service.logs import JsonFormatter, logging_config
 from service.settings import Settings, load_settings
-from tests.support import running
 from tests.github_standin import GitHubStandIn, Reply
-from tests.support import procfile_server
+from tests.support import procfile_server, running
 
 pytestmark = pytest.mark.anyio
 

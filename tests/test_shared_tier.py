@@ -17,9 +17,8 @@ from service.app import create_app
 from service.github.client import UNLISTED_LOOKUP_BURST
 from service.github.shared import SharedSql
 from service.settings import Settings
-from tests.support import running
 from tests.github_standin import GitHubStandIn, Reply, eventually, gather, poll
-from tests.support import assert_problem
+from tests.support import assert_problem, running
 
 pytestmark = pytest.mark.anyio
 

@@ -17,10 +17,9 @@ import pytest
 from service.app import create_app
 from service.settings import Settings
 from service.tracing import otel_or_exit, parse_traceparent
-from tests.support import running
 from tests.github_standin import GitHubStandIn
 from tests.otlp_receiver import OtlpReceiver
-from tests.support import ROOT
+from tests.support import ROOT, running
 
 pytestmark = pytest.mark.anyio
 
@@ -69,10 +68,14 @@ async def test_incoming_trace_reaches_the_access_line_and_the_github_call(
         await anyio.sleep(0.1)  # access lines are flushed in batches
     [line] = [line for line in access_lines(capsys.readouterr().out) if line["path"] == "/github/repos/project-001"]
     assert line["trace_id"] == TRACE_ID and line["request_id"] == response.headers["x-request-id"]
-    [call] = standin.calls_to("/repos/")
-    version, trace_id, parent_id, flags = call.headers["traceparent"].split("-")
-    assert (version, trace_id, flags) == ("00", TRACE_ID, "01")
-    assert parent_id != PARENT_ID and len(parent_id) == 16  # this service's own span is the parent of its call
+    # A listed repository comes from the owner's list: the calls made for this request are the profile
+    # and the list, both carrying the incoming trace.
+    calls = standin.calls_to("/users/")
+    assert [call.path.split("?")[0] for call in calls] == ["/users/octo-dev", "/users/octo-dev/repos"]
+    for call in calls:
+        version, trace_id, parent_id, flags = call.headers["traceparent"].split("-")
+        assert (version, trace_id, flags) == ("00", TRACE_ID, "01")
+        assert parent_id != PARENT_ID and len(parent_id) == 16  # this service's own span is the parent of its call
 
 
 @pytest.mark.parametrize("value", INVALID + [TRACEPARENT + "\t, " + TRACEPARENT])
@@ -133,10 +136,11 @@ async def test_otlp_export_has_a_server_span_per_route_template_with_a_client_sp
     attributes = {a.key: a.value for a in server.attributes}
     assert attributes["http.route"].string_value == "/github/repos/{name}"
     assert attributes["http.response.status_code"].int_value == 200
-    [child] = [s for s in spans if s.parent_span_id == server.span_id]
-    assert child.kind == Span.SPAN_KIND_CLIENT and child.trace_id == server.trace_id
-    [call] = standin.calls_to("/repos/")
-    assert call.headers["traceparent"] == f"00-{TRACE_ID}-{child.span_id.hex()}-01"  # the upstream sees the client span
+    children = [s for s in spans if s.parent_span_id == server.span_id]  # the profile and the list
+    assert len(children) == 2
+    assert all(child.kind == Span.SPAN_KIND_CLIENT and child.trace_id == server.trace_id for child in children)
+    sent = sorted(call.headers["traceparent"] for call in standin.calls_to("/users/"))
+    assert sent == sorted(f"00-{TRACE_ID}-{child.span_id.hex()}-01" for child in children)  # the upstream sees the client spans
     [listing] = [s for s in spans if s.name == "GET /announcements"]
     assert any(s.name == "store list" and s.parent_span_id == listing.span_id for s in spans)
     assert "GET /metrics" in {s.name for s in spans}

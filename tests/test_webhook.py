@@ -17,9 +17,8 @@ from service.announcements.store import open_store
 from service.app import create_app
 from service.github.webhook import WEBHOOK_MAX_BODY_BYTES
 from service.settings import Settings, SettingsError, load_settings
-from tests.support import running
 from tests.github_standin import GitHubStandIn, delivery_headers, poll, push_payload, signature
-from tests.support import assert_problem
+from tests.support import assert_problem, running
 
 pytestmark = pytest.mark.anyio
 

@@ -77,16 +77,16 @@ async def health() -> HealthResponse:
 
 
 @app.get("/github/repos", response_model=list[Repository])
-async def repos() -> list[Repository]:
+async def repos(limit: int = 30) -> list[Repository]:
     cached = _cache.get("repos")
     if cached and time.monotonic() - cached[0] < CACHE_TTL:
-        return cached[1]
+        return cached[1][:limit]
     response = await app.state.http.get(f"/users/{OWNER}/repos", params={"per_page": 100})
     response.raise_for_status()
     repositories = [Repository(**item) for item in response.json()]
     repositories.sort(key=lambda r: r.pushed_at or "", reverse=True)
     _cache["repos"] = (time.monotonic(), repositories)
-    return repositories[:30]
+    return repositories[:limit]
 
 
 @app.get("/announcements", response_model=list[Announcement])

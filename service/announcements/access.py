@@ -1,29 +1,36 @@
 """`Announcements`: what the endpoints use — the store behind the thread pool and a concurrency limit,
-and the admin-token check. Built once in the lifespan; routes get it, not its parts."""
+the read cache of public answers, and the admin-token check. Built once in the lifespan; routes get
+it, not its parts."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import hmac
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import anyio
+import msgspec
 from starlette.concurrency import run_in_threadpool
 
 from service import metrics
+from service.announcements.breaker import Breaker
+from service.announcements.cache import ReadCache
 from service.announcements.models import Announcement, AnnouncementPage, AnnouncementPatch, ListQuery, NewAnnouncement
 from service.announcements.models import decode_cursor, encode_cursor
-from service.announcements.breaker import Breaker
 from service.announcements.store import CALL_TIMEOUT, AnnouncementStore, Caller, StoreUnavailable, run_for
 from service.errors import ApiError, Forbidden, NotFound, Unauthorized
-from service.http import EntityTags
+from service.http import EncodedBody, EntityTags
 from service.readiness import Check
 
 T = TypeVar("T")
+logger = logging.getLogger("service.announcements")
+_encoder = msgspec.json.Encoder()
 
 
 def _now() -> datetime:
@@ -35,6 +42,9 @@ def _digest(value: str) -> bytes:
 
 
 class Announcements:
+    read_cache = True  # public reads from memory; the bench turns it off to measure the thread-pool path
+    poll_interval = 1.0  # seconds between reads of the change counter; also how late another process's write may be seen
+
     def __init__(
         self,
         store: AnnouncementStore,
@@ -50,6 +60,12 @@ class Announcements:
         # At most the pool's size of store calls at once; callers beyond wait here, not in a worker thread.
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._breaker = Breaker()
+        self.views: ReadCache[EncodedBody] = ReadCache(max_age=self.poll_interval)
+        self._poller: asyncio.Task[None] | None = None  # polls once a second
+        self._poll: asyncio.Task[None] | None = None  # the latest poll, maybe in flight
+        self._poll_started = float("-inf")
+        self._poll_failing = False
+        self._stopping = asyncio.Event()
 
     async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Every store call: blocking, so off the event loop; at most `concurrency` at once; and refused at
@@ -101,9 +117,69 @@ class Announcements:
         await self.call(self.store.open)
         if self.store.kind == "sqlite":  # zero set-up locally; PostgreSQL is migrated by the release phase
             await self.call(self.store.migrate)
+        if self.read_cache:
+            self._poller = asyncio.create_task(self._poll_changes(), name="announcements-change-counter")
 
     async def stop(self) -> None:
+        if self._poller is not None:
+            # Not cancelled: a cancelled task would leave its store call running in a worker thread,
+            # and closing the store under it crashes SQLite. The poll in flight finishes first.
+            self._stopping.set()
+            await self._poller
+        if self._poll is not None:
+            await self._poll
         await run_in_threadpool(self.store.close)
+
+    async def _poll_changes(self) -> None:
+        """Polls once a second until stopped, beside the requests."""
+        while not self._stopping.is_set():
+            await asyncio.shield(self._start_poll())
+            with contextlib.suppress(TimeoutError):
+                wait = self._poll_started + self.poll_interval - self.views.monotonic()
+                await asyncio.wait_for(self._stopping.wait(), max(0.0, wait))
+
+    def _start_poll(self) -> asyncio.Task[None]:
+        """The poll in flight, or a new one if none is and the last started a second ago or more."""
+        if (self._poll is None or self._poll.done()) and self.views.monotonic() - self._poll_started >= self.poll_interval:
+            self._poll = asyncio.create_task(self._read_changes(), name="announcements-change-counter")
+        assert self._poll is not None
+        return self._poll
+
+    async def _read_changes(self) -> None:
+        """One read of the change counter and the next publish/expiry time. Straight to the thread pool,
+        not through the limiter: requests may be waiting for this poll, so it must not queue behind them."""
+        self._poll_started = started = self.views.monotonic()
+        self.views.poll_started()
+        try:
+            # Bounded like every store call (a frozen database must not hold the poll, nor the requests
+            # waiting for it, for ever); not through the limiter or the breaker, see above.
+            changes = await self._in_thread(self.store.changes, now=self.clock())
+        except Exception as exc:
+            if not self._poll_failing:  # once per outage, not once a second
+                logger.warning("announcements read cache off: change counter unreadable (%s)", _reason(exc))
+            self._poll_failing = True
+            if isinstance(exc, StoreUnavailable):  # what the poll learnt holds for every store call
+                self._breaker.failed(False, exc)
+        else:
+            if self._poll_failing:
+                logger.info("announcements read cache on again: change counter readable")
+            self._poll_failing = False
+            self._breaker.succeeded(False)  # the database answered: no need to wait for the next probe
+            self.views.polled(started, changes.counter, changes.next_boundary)
+
+    async def _cached(self, key: int | ListQuery) -> tuple[EncodedBody | None, datetime]:
+        """The cached answer for `key` (None if there is none to trust) and the time to read at if not.
+        When the last poll's second is over, the request waits for the next poll (about a millisecond;
+        started now if the timer is late) rather than reading the database."""
+        now = self.clock()
+        if not self.read_cache:
+            return None, now
+        found = self.views.get(key, now)
+        if found is None and not self._poll_failing and not self.views.vouched() and not self._stopping.is_set() and self._breaker.closed:
+            await asyncio.shield(self._start_poll())
+            now = self.clock()
+            found = self.views.get(key, now)
+        return found, now
 
     async def readiness(self) -> Check:
         try:
@@ -138,25 +214,57 @@ class Announcements:
 
     # -- reads and writes --------------------------------------------------------------------
 
-    async def page(self, query: ListQuery, *, include_all: bool) -> AnnouncementPage:
+    async def page(self, query: ListQuery, *, include_all: bool, now: datetime | None = None) -> AnnouncementPage:
         after = decode_cursor(query.cursor) if query.cursor is not None else None
         rows = await self.call(
-            self.store.list, now=self.clock(), limit=query.limit + 1, tag=query.tag, include_all=include_all, after=after
+            self.store.list, now=now or self.clock(), limit=query.limit + 1, tag=query.tag, include_all=include_all, after=after
         )
         items = rows[: query.limit]
         return AnnouncementPage(items, encode_cursor(items[-1]) if len(rows) > query.limit else None)
 
-    async def get(self, id: int, *, admin: bool) -> Announcement:
+    async def get(self, id: int, *, admin: bool, now: datetime | None = None) -> Announcement:
         found = await self.call(self.store.get, id)
-        if found is None or not (admin or found.is_public(self.clock())):
+        if found is None or not (admin or found.is_public(now or self.clock())):
             raise NotFound(f"No announcement {id}.")
         return found
 
+    async def public_page(self, query: ListQuery) -> EncodedBody:
+        """A page of the public list, encoded: from the read cache, or read and then kept there."""
+        cached, now = await self._cached(query)
+        if cached is not None:
+            return cached
+        ticket = self.views.ticket()
+        view = EncodedBody(_encoder.encode(await self.page(query, include_all=False, now=now)))
+        if self.read_cache:
+            self.views.put(query, view, ticket, now)
+        return view
+
+    async def public_item(self, id: int) -> EncodedBody:
+        """One public announcement, encoded, with its ETag: from the read cache, or read and then kept."""
+        cached, now = await self._cached(id)
+        if cached is not None:
+            return cached
+        ticket = self.views.ticket()
+        found = await self.get(id, admin=False, now=now)
+        view = EncodedBody(_encoder.encode(found), found.etag)
+        if self.read_cache:
+            self.views.put(id, view, ticket, now)
+        return view
+
     async def create(self, data: NewAnnouncement) -> Announcement:
-        return await self.call(self.store.create, data, now=self.clock())
+        created = await self.call(self.store.create, data, now=self.clock())
+        self.views.invalidate(created.published_at, created.expires_at, now=self.clock())
+        return created
 
     async def update(self, id: int, patch: AnnouncementPatch, *, if_match: EntityTags | None) -> Announcement:
-        return await self.call(self.store.update, id, patch, now=self.clock(), if_match=if_match)
+        updated = await self.call(self.store.update, id, patch, now=self.clock(), if_match=if_match)
+        self.views.invalidate(updated.published_at, updated.expires_at, now=self.clock())
+        return updated
 
     async def delete(self, id: int, *, if_match: EntityTags | None) -> None:
         await self.call(self.store.delete, id, if_match=if_match)
+        self.views.invalidate(now=self.clock())
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc.detail) if isinstance(exc, StoreUnavailable) else type(exc).__name__

@@ -26,6 +26,11 @@ class Breaker:
         self._probe_at = 0.0
         self._probing = False
 
+    @property
+    def closed(self) -> bool:
+        """The database is not known to be down."""
+        return self._failure is None
+
     def check(self) -> None:
         """Raise at once if a call now would be refused."""
         if self._failure is not None and (self._probing or self.clock() < self._probe_at):

@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from service.announcements.access import Announcements
 from service.announcements.models import AnnouncementPatch, ListQuery, NewAnnouncement
-from service.http import if_match, not_modified
+from service.http import BytesResponse, if_match, not_modified
 from service.json_body import convert_query, read_json
 
 _encoder = msgspec.json.Encoder()
@@ -18,6 +18,11 @@ _new_decoder = msgspec.json.Decoder(NewAnnouncement)
 _patch_decoder = msgspec.json.Decoder(AnnouncementPatch)
 _NO_CACHE = "no-cache"
 _PRIVATE = "private, no-store"
+# Browsers and CDNs may keep public answers but ask each time (a 304 from memory when unchanged), so
+# a write is seen on the next read.
+_PUBLIC_CACHING = [(b"cache-control", _NO_CACHE.encode())]
+_QUERY_CACHE_SIZE = 256
+_queries: dict[bytes, ListQuery] = {}
 
 
 def _announcements(request: Request) -> Announcements:
@@ -29,15 +34,28 @@ def _json(body: object, *, status: int = 200, headers: dict[str, str] | None = N
     return Response(_encoder.encode(body), status_code=status, headers=headers, media_type="application/json")
 
 
+def _parsed_query(request: Request) -> ListQuery:
+    """The query, parsed once per distinct query string: a cached read should cost next to nothing."""
+    raw = request.scope["query_string"]
+    query = _queries.get(raw)
+    if query is None:
+        query = convert_query(request.query_params, ListQuery)  # raises on invalid input: not kept
+        if len(_queries) >= _QUERY_CACHE_SIZE:
+            _queries.clear()
+        _queries[raw] = query
+    return query
+
+
 class AnnouncementCollection(HTTPEndpoint):
-    async def get(self, request: Request) -> Response:
+    async def get(self, request: Request) -> Response | BytesResponse:
         announcements = _announcements(request)
-        query = convert_query(request.query_params, ListQuery)
-        include_all = query.status == "all"
-        if include_all:
+        query = _parsed_query(request)
+        if query.status == "all":
             announcements.require_admin_reader(request.headers.get("authorization"))
-        page = await announcements.page(query, include_all=include_all)
-        return _json(page, headers={"Cache-Control": _PRIVATE if include_all else _NO_CACHE})
+            page = await announcements.page(query, include_all=True)
+            return _json(page, headers={"Cache-Control": _PRIVATE})
+        view = await announcements.public_page(query)
+        return view.respond(request.scope, _PUBLIC_CACHING)
 
     async def post(self, request: Request) -> Response:
         announcements = _announcements(request)
@@ -48,14 +66,16 @@ class AnnouncementCollection(HTTPEndpoint):
 
 
 class AnnouncementItem(HTTPEndpoint):
-    async def get(self, request: Request) -> Response:
+    async def get(self, request: Request) -> Response | BytesResponse:
         announcements = _announcements(request)
-        admin = announcements.is_admin(request.headers.get("authorization"))
-        found = await announcements.get(request.path_params["id"], admin=admin)
-        headers = {"ETag": found.etag, "Cache-Control": _PRIVATE if admin else _NO_CACHE}
-        if not_modified(request.scope, found.etag):
-            return Response(status_code=304, headers=headers)
-        return _json(found, headers=headers)
+        if announcements.is_admin(request.headers.get("authorization")):
+            found = await announcements.get(request.path_params["id"], admin=True)
+            headers = {"ETag": found.etag, "Cache-Control": _PRIVATE}
+            if not_modified(request.scope, found.etag):
+                return Response(status_code=304, headers=headers)
+            return _json(found, headers=headers)
+        view = await announcements.public_item(request.path_params["id"])
+        return view.respond(request.scope, _PUBLIC_CACHING)
 
     async def patch(self, request: Request) -> Response:
         announcements = _announcements(request)

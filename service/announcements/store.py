@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -114,8 +114,18 @@ MIGRATIONS: list[tuple[int, str, dict[str, str]]] = [
             for dialect, blob in (("sqlite", "BLOB"), ("postgres", "BYTEA"))
         },
     ),
+    (
+        4,
+        "change counter for read caches",
+        {
+            # One row, bumped in the same transaction as every write: other processes' read caches poll
+            # it (at most once a second) to learn that something changed.
+            dialect: "CREATE TABLE announcement_changes AS SELECT CAST(0 AS BIGINT) AS counter"
+            for dialect in ("sqlite", "postgres")
+        },
+    ),
 ]
-LATEST_VERSION = MIGRATIONS[-1][0]
+LATEST_VERSION = max(version for version, _, _ in MIGRATIONS)
 
 _COLUMNS = "id, title, body, tags, pinned, published_at, expires_at, created_at, updated_at"
 _tags_decoder = msgspec.json.Decoder(list[str])
@@ -177,6 +187,15 @@ class AnnouncementStore(Protocol):
     ) -> list[Announcement]: ...
     def update(self, id: int, patch: AnnouncementPatch, *, now: datetime, if_match: EntityTags | None) -> Announcement: ...
     def delete(self, id: int, *, if_match: EntityTags | None) -> None: ...
+    def changes(self, *, now: datetime) -> Changes: ...
+
+
+class Changes(NamedTuple):
+    """What a read cache needs to know about the table: how many writes it has seen, and the next time
+    after `now` that an announcement is published or expires (None if none is scheduled)."""
+
+    counter: int
+    next_boundary: datetime | None
 
 
 def open_store(database_url: str, *, pool_size: int = 5) -> AnnouncementStore:
@@ -277,6 +296,7 @@ class SqlStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 self._values(draft),
             ).fetchone()
+            self._count_change(conn)
         return msgspec.structs.replace(draft, id=row[0])
 
     def get(self, id: int) -> Announcement | None:
@@ -321,12 +341,32 @@ class SqlStore:
                 " created_at = ?, updated_at = ? WHERE id = ?",
                 (*self._values(result), id),
             )
+            self._count_change(conn)
         return result
 
     def delete(self, id: int, *, if_match: EntityTags | None) -> None:
         with self._transaction(write=True) as conn:
             self._locked(conn, id, if_match)
             self._execute(conn, "DELETE FROM announcements WHERE id = ?", (id,))
+            self._count_change(conn)
+
+    def _count_change(self, conn: Any) -> None:
+        """Inside the write's transaction, after its own statements: the counter changes if and only if
+        the write commits, and every writer locks the announcement row (if any) before the counter row."""
+        self._execute(conn, "UPDATE announcement_changes SET counter = counter + 1")
+
+    def changes(self, *, now: datetime) -> Changes:
+        now_us = to_micros(now)
+        with self._transaction(write=False, timeout=READINESS_TIMEOUT) as conn:  # polled every second: fail fast
+            counter, published, expires = self._execute(
+                conn,
+                "SELECT (SELECT counter FROM announcement_changes),"
+                " (SELECT MIN(published_at) FROM announcements WHERE published_at > ?),"
+                " (SELECT MIN(expires_at) FROM announcements WHERE expires_at > ?)",
+                (now_us, now_us),
+            ).fetchone()
+        times = [from_micros(t) for t in (published, expires) if t is not None]
+        return Changes(counter, min(times) if times else None)
 
     def _locked(self, conn: Any, id: int, if_match: EntityTags | None) -> Announcement:
         """The current row, locked until the transaction ends (SQLite: BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE),

@@ -32,7 +32,7 @@ import msgspec
 from service import metrics
 from service.github.errors import UpstreamFailure, UpstreamTimeout
 from service.github.shared import SharedRow, SharedTier
-from service.http import etag_for
+from service.http import EncodedBody
 
 logger = logging.getLogger("service.github")
 T = TypeVar("T")
@@ -74,10 +74,11 @@ class Codec:
         return self._validators.decode(raw)
 
 
-@dataclass(frozen=True)
-class EncodedView:
-    body: bytes
-    etag: str
+class EncodedView(EncodedBody):
+    """One encoded answer kept with its entry. Its br and gzip forms are made the first time a client
+    asks for each (lazily: a form nobody asks for costs nothing) and are dropped with the view."""
+
+    __slots__ = ()
 
 
 @dataclass(eq=False)
@@ -97,7 +98,7 @@ class Entry:
             if len(self.views) >= MAX_VIEWS_PER_ENTRY:
                 self.views.clear()
             body = render()
-            found = self.views[key] = EncodedView(body, etag_for(body))
+            found = self.views[key] = EncodedView(body)
         return found
 
 

@@ -15,7 +15,7 @@ from service.github.cache import Lookup
 from service.github.client import GitHubClient
 from service.github.models import RepositoryQuery, is_valid_repository_name, select
 from service.github.webhook import receive_webhook
-from service.http import BytesResponse, not_modified
+from service.http import BytesResponse
 from service.json_body import convert_query
 
 _encoder = msgspec.json.Encoder()
@@ -67,16 +67,10 @@ def _github(request: Request) -> GitHubClient:
 
 
 def _cached_response(request: Request, lookup: Lookup, view_key: Hashable, render: Callable[[], bytes]) -> BytesResponse:
+    """The view's form in the coding the client accepts best (compressed once per view), or a 304."""
     view = lookup.entry.view(view_key, render)
-    headers = [
-        (b"etag", view.etag.encode()),
-        (b"cache-control", lookup.cache_control),
-        (b"x-cache", lookup.state.encode()),
-        (b"age", b"%d" % lookup.age),
-    ]
-    if not_modified(request.scope, view.etag):
-        return BytesResponse(304, b"", headers)
-    return BytesResponse.of(view.body, headers)
+    headers = [(b"cache-control", lookup.cache_control), (b"x-cache", lookup.state.encode()), (b"age", b"%d" % lookup.age)]
+    return view.respond(request.scope, headers)
 
 
 class _Endpoint:
