@@ -80,15 +80,20 @@ def side_by_side(env: dict[str, object], profile: Profile) -> list[Outcome]:
     """Scenarios 1, 2 and 8: /health with all middleware, a cached /github/repos and the public
     /announcements list, against the peers, all in one alternating run."""
     ours_env = dict(env["ours_env"])
+    # Metrics as `python -m service serve` runs them: prometheus_client's multiprocess mode, files in a directory.
+    metrics_dir = Path(str(env["workdir"])) / "metrics"
+    metrics_dir.mkdir(exist_ok=True)
+    metrics_env = {**ours_env, "METRICS_TOKEN": "bench-metrics-token-0123456789", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     with (
         server("ours", uvicorn("service.app:app"), ours_env) as ours,
+        server("ours, metrics on", uvicorn("service.app:app"), metrics_env) as metered,
         server("ours, read cache off", uvicorn("bench.variants:uncached_app") + ["--factory"], ours_env) as uncached,
         server("raw", uvicorn("bench.peers.raw_asgi:app"), {}) as raw,
         server("starlette", uvicorn("bench.peers.starlette_floor:app"), {}) as starlette,
         server("fastapi", uvicorn("bench.peers.fastapi_app:app"), _peer_env(env)) as fastapi,
         server("litestar", uvicorn("bench.peers.litestar_app:app"), _peer_env(env)) as litestar,
     ):
-        for peer in (ours, fastapi, litestar):  # fill the caches
+        for peer in (ours, metered, fastapi, litestar):  # fill the caches
             httpx.get(f"{peer.url}/github/repos", timeout=10).raise_for_status()
         targets = {
             "raw ASGI /health": f"{raw.url}/health",
@@ -97,6 +102,8 @@ def side_by_side(env: dict[str, object], profile: Profile) -> list[Outcome]:
             "FastAPI /health": f"{fastapi.url}/health",
             "Litestar /health": f"{litestar.url}/health",
             "this service /github/repos (hit)": f"{ours.url}/github/repos",
+            "this service /health, metrics on": f"{metered.url}/health",
+            "this service /github/repos (hit), metrics on": f"{metered.url}/github/repos",
             "FastAPI /github/repos (hit)": f"{fastapi.url}/github/repos",
             "Litestar /github/repos (response cache hit)": f"{litestar.url}/github/repos",
             "this service /announcements (read cache)": f"{ours.url}/announcements",
@@ -143,7 +150,16 @@ def side_by_side(env: dict[str, object], profile: Profile) -> list[Outcome]:
          f"({ours_read / rps['this service /announcements, read cache off (bench-only variant)']:.1f}× slower here).",
          "The peers read SQLite in a worker thread on every request and answer 5 of the 9 fields (smaller bodies)."],  # fmt: skip
     )
-    return [s1, s2, s8]
+    s10 = Outcome(
+        "10. Cost of metrics: METRICS_TOKEN set (prometheus_client multiprocess mode) vs unset (64 connections)",
+        {k: series[k] for k in ("this service /health", "this service /health, metrics on", "this service /github/repos (hit)",
+                                "this service /github/repos (hit), metrics on")},  # fmt: skip
+        [Goal("/health, metrics on / off", rps["this service /health, metrics on"] / ours_health, 0.9),
+         Goal("cached /github/repos, metrics on / off", rps["this service /github/repos (hit), metrics on"] / ours_hit, 0.9)],  # fmt: skip
+        ["With metrics on, every request is counted by method, route template and status and timed in a histogram; "
+         "counts are summed in plain Python and written to prometheus_client's files every 50 ms."],
+    )
+    return [s1, s2, s8, s10]
 
 
 def compressed_cache_hit(env: dict[str, object], profile: Profile) -> list[Outcome]:
@@ -153,7 +169,9 @@ def compressed_cache_hit(env: dict[str, object], profile: Profile) -> list[Outco
                 cpu=harness.LOAD_CPU, ready_path="/users/octo-dev") as upstream:  # fmt: skip
         peer_env = {**_peer_env(env), "GITHUB_API_URL": upstream.url}
         with (
-            server("ours", uvicorn("service.app:app"), {**env["ours_env"], "GITHUB_API_URL": upstream.url}) as ours,
+            # A database of its own: the shared GitHub tier of the others' database holds the 30-repository list.
+            server("ours", uvicorn("service.app:app"), {**env["ours_env"], "GITHUB_API_URL": upstream.url,
+                                                        "DATABASE_URL": f"sqlite:///{env['workdir']}/bench-100.db"}) as ours,  # fmt: skip
             server("fastapi+gzip", uvicorn("bench.peers.fastapi_gzip:app"), peer_env) as fastapi,
             server("litestar+gzip", uvicorn("bench.peers.litestar_app:gzip_app"), peer_env) as litestar,
         ):

@@ -191,12 +191,14 @@ def push_payload(owner: str, repository: str) -> bytes:
 
 
 async def poll(probe: Callable[[], Awaitable[T]], *, until: Callable[[T], bool], timeout: float = 10.0, every: float = 0.05) -> T:
-    """`probe()` again and again until its result satisfies `until` (the last result is returned)."""
+    """`probe()` again and again until its result satisfies `until`, and that result; fails the test after
+    `timeout` seconds (a bound against hanging, not a speed)."""
     deadline = time.monotonic() + timeout
     while True:
         result = await probe()
-        if until(result) or time.monotonic() > deadline:
+        if until(result):
             return result
+        assert time.monotonic() <= deadline, f"timed out after {timeout:g} s; last result: {result!r}"
         await asyncio.sleep(every)
 
 

@@ -18,7 +18,7 @@ from service.announcements.cache import ReadCache
 from service.announcements.store import open_store
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import running
+from tests.support import running
 
 pytestmark = pytest.mark.anyio
 
@@ -300,7 +300,7 @@ def test_a_write_here_brings_the_boundary_forward_even_during_a_poll(cache: tupl
 
 @pytest.mark.slow
 def test_a_write_through_one_server_process_is_seen_by_another_within_a_second(database_url: str, tmp_path: Any) -> None:
-    from tests.server import procfile_server
+    from tests.support import procfile_server
 
     store = open_store(database_url, pool_size=1)
     store.open()

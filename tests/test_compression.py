@@ -15,7 +15,7 @@ from service import http
 from service.app import create_app
 from service.http import MIN_COMPRESSED_SIZE, parse_accept_encoding
 from service.settings import Settings
-from tests.conftest import running
+from tests.support import running
 from tests.github_standin import GitHubStandIn
 
 TOKEN = "admin-token-for-tests-0123456789"

@@ -157,9 +157,7 @@ class Announcements:
         except Exception as exc:
             if not self._poll_failing:  # once per outage, not once a second
                 logger.warning("announcements read cache off: change counter unreadable (%s)", _reason(exc))
-            self._poll_failing = True
-            if isinstance(exc, StoreUnavailable):  # what the poll learnt holds for every store call
-                self._breaker.failed(False, exc)
+            self._poll_failing = True  # reads go to the database, where a dead one opens the breaker
         else:
             if self._poll_failing:
                 logger.info("announcements read cache on again: change counter readable")
@@ -182,10 +180,16 @@ class Announcements:
         return found, now
 
     async def readiness(self) -> Check:
+        """At once while the database is known to be down; otherwise one look at the schema. A failure here
+        does not open the breaker: the look waits only 1 s for a pooled connection, and a busy pool is not a
+        dead database. A success closes it."""
         try:
-            ok, detail = await self.call(self.store.readiness)
+            self._breaker.check()
+            async with self._limiter:
+                ok, detail = await self._in_thread(self.store.readiness)
         except StoreUnavailable as exc:
             return Check("failing", exc.detail)
+        self._breaker.succeeded(False)
         return Check("ok" if ok else "failing", detail)
 
     # -- who is asking -----------------------------------------------------------------------

@@ -154,6 +154,7 @@ class UpstreamCache:
         self._loading: dict[str, asyncio.Task[Entry | None]] = {}
         self._changed: dict[str, float] = {}  # the latest change a webhook reported, per key
         self._watcher: asyncio.Task[None] | None = None
+        self._closed = False  # the lifespan has ended: no refresh is started any more
         self._changes: int | None = None
 
     def peek(self, key: str) -> Entry | None:
@@ -345,7 +346,9 @@ class UpstreamCache:
             self._watcher = asyncio.ensure_future(self._watch(self.shared))
 
     async def close(self) -> None:
-        """Stop the watcher and any refresh still running (the lifespan ends)."""
+        """Stop the watcher and any refresh still running (the lifespan ends); start none after this, and
+        let the shared tier's threads finish before the store under them is closed."""
+        self._closed = True
         tasks = [*self._refreshing.values(), *self._loading.values(), *([self._watcher] if self._watcher else [])]
         for task in tasks:
             task.cancel()
@@ -353,6 +356,8 @@ class UpstreamCache:
             with contextlib.suppress(BaseException):
                 await task
         self._watcher = None
+        if self.shared is not None:
+            await self.shared.drain()
 
     async def _watch(self, shared: SharedTier) -> None:
         while True:
@@ -375,6 +380,8 @@ class UpstreamCache:
             if entry is None or source is None or entry.validated_at > changed_at:
                 continue
             entry.fresh_until = NEVER
+            if self._closed:
+                continue
             running = self._refreshing.get(key)
             if running is None:
                 self._refresh(key, source)
@@ -382,4 +389,5 @@ class UpstreamCache:
                 running.add_done_callback(functools.partial(self._refresh_after, key, source))
 
     def _refresh_after(self, key: str, source: Source, done: asyncio.Task[Lookup]) -> None:
-        self._refresh(key, source)
+        if not self._closed:
+            self._refresh(key, source)

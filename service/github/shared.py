@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
@@ -250,8 +251,17 @@ class SharedTier:
         self.scope = hashlib.sha256(token.encode()).hexdigest()[:16] if token else "anonymous"
         self.blocked_until = 0.0  # the deployment's rate-limit block, as last read or written
         self._limiter = anyio.CapacityLimiter(2)  # its own: a hung database cannot take the announcements' threads
+        self._in_threads = 0  # calls running in worker threads, given-up ones included (see `drain`)
+        self._in_threads_lock = threading.Lock()
         self._paused_until = -math.inf
         self._warned_at = -math.inf
+
+    async def drain(self) -> None:
+        """Wait (at most CALL_TIMEOUT) for calls still running in worker threads, those given up on
+        included, so the store is not closed under them at shutdown."""
+        with anyio.move_on_after(CALL_TIMEOUT):
+            while self._in_threads:
+                await anyio.sleep(0.01)
 
     @property
     def usable(self) -> bool:
@@ -260,11 +270,19 @@ class SharedTier:
     async def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         if not self.usable:
             return None
+        def counted() -> T:
+            try:
+                return method(*args, **kwargs)
+            finally:
+                with self._in_threads_lock:
+                    self._in_threads -= 1
+
         try:
             with anyio.fail_after(CALL_TIMEOUT):
-                return await anyio.to_thread.run_sync(
-                    lambda: method(*args, **kwargs), abandon_on_cancel=True, limiter=self._limiter
-                )
+                async with self._limiter:  # a thread is counted from its start, not while it waits for a slot
+                    with self._in_threads_lock:
+                        self._in_threads += 1
+                    return await anyio.to_thread.run_sync(counted, abandon_on_cancel=True)
         except TimeoutError:
             self._failed(f"no answer within {CALL_TIMEOUT:g} s")
         except StoreUnavailable as exc:

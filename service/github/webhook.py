@@ -14,9 +14,11 @@ from typing import Literal
 from urllib.parse import parse_qs
 
 import msgspec
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from service.errors import NotFound, ServiceUnavailable, UnsupportedMediaType
+from service import metrics
+from service.errors import ApiError, NotFound, ServiceUnavailable, UnsupportedMediaType
 from service.github.client import GitHubClient
 from service.github.errors import WebhookMalformed, WebhookRejected
 from service.http import BytesResponse, raw_header
@@ -24,6 +26,7 @@ from service.http import BytesResponse, raw_header
 # GitHub caps a delivery at 25 MB; a push of many commits runs to hundreds of KB. This route alone may
 # receive that much (MAX_BODY_BYTES still bounds every other route).
 WEBHOOK_MAX_BODY_BYTES = 25 * 1024 * 1024
+HASH_IN_THREAD_ABOVE = 1024 * 1024  # bytes of body whose signature is checked in the thread pool
 
 # The events that change what the service shows, and whether they may change the owner's profile too
 # (its count of public repositories).
@@ -89,7 +92,7 @@ class WebhookReceiver:
         if self._key is None:
             raise NotFound("No webhook receiver here: GITHUB_WEBHOOK_SECRET is not configured.")
         body = await request.body()  # at most WEBHOOK_MAX_BODY_BYTES (RequestLimitsMiddleware)
-        self._verify(raw_header(request.scope, b"x-hub-signature-256"), body)
+        await self._verify(raw_header(request.scope, b"x-hub-signature-256"), body)
         event = request.headers.get("x-github-event")
         if not event:
             raise WebhookMalformed("X-GitHub-Event is missing.")
@@ -118,11 +121,17 @@ class WebhookReceiver:
             )
         return _answer(202, Receipt(event, "refreshing", f"Refreshing {', '.join(names)} and the repository list.", delivery))
 
-    def _verify(self, signature: bytes | None, body: bytes) -> None:
-        assert self._key is not None
+    async def _verify(self, signature: bytes | None, body: bytes) -> None:
+        key = self._key
+        assert key is not None
         if signature is None:
             raise WebhookRejected("X-Hub-Signature-256 is missing.")
-        expected = b"sha256=" + hmac.new(self._key, body, hashlib.sha256).hexdigest().encode()
+
+        def digest() -> bytes:
+            return b"sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest().encode()
+
+        # Hashing a large push (up to 25 MiB, tens of ms) must not hold up the event loop.
+        expected = await run_in_threadpool(digest) if len(body) > HASH_IN_THREAD_ABOVE else digest()
         if not hmac.compare_digest(expected, signature.strip()):
             raise WebhookRejected("X-Hub-Signature-256 does not match the body under GITHUB_WEBHOOK_SECRET.")
 
@@ -132,7 +141,10 @@ def _payload(content_type: str, body: bytes) -> Payload:
     field (application/x-www-form-urlencoded), as the webhook's settings choose."""
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type == "application/x-www-form-urlencoded":
-        form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+        try:
+            form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+        except ValueError:  # more fields than a delivery has
+            raise WebhookMalformed("The form is not a GitHub delivery.") from None
         if "payload" not in form:
             raise WebhookMalformed("The form has no payload field.")
         body = form["payload"][0].encode()
@@ -145,9 +157,14 @@ def _payload(content_type: str, body: bytes) -> Payload:
 
 
 def _answer(status: int, receipt: Receipt) -> BytesResponse:
+    metrics.webhook_delivery(receipt.event, receipt.outcome)
     return BytesResponse.of(_encoder.encode(receipt), status=status)
 
 
 async def receive_webhook(request: Request) -> BytesResponse:
     receiver: WebhookReceiver = request.app.state.github_webhook
-    return await receiver.receive(request)
+    try:
+        return await receiver.receive(request)
+    except ApiError as exc:  # refused (401 bad signature, 404 off, 400, 415, 503): counted, then answered as a problem
+        metrics.webhook_delivery(request.headers.get("x-github-event", "none"), (exc.slug or str(exc.status)).replace("-", "_"))
+        raise
