@@ -486,7 +486,8 @@ async def test_hanging_github_does_not_hold_up_a_stale_copy(standin: GitHubStand
     assert refreshing and lists() == 2  # … once for all ten
     assert [r.status_code for r in responses] == [200] * 10
     assert {r.headers["x-cache"] for r in responses} == {"stale"} and {r.content for r in responses} == {good.content}
-    assert elapsed < 1.0, f"answered in {elapsed:.2f} s: a stale copy must not wait for GitHub (GITHUB_TIMEOUT 3 s)"
+    # A bound at the deadline, not a speed: waiting for GitHub would take the whole GITHUB_TIMEOUT (3 s).
+    assert elapsed < 3.0, f"answered in {elapsed:.2f} s: a stale copy must not wait for GitHub (GITHUB_TIMEOUT 3 s)"
 
 
 def slowly(standin: GitHubStandIn, delays: dict[str, float]) -> Callable[[str, dict[str, str]], Reply | None]:
