@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 from starlette.datastructures import QueryParams
@@ -64,6 +64,26 @@ def convert_query(params: QueryParams, struct: type[T]) -> T:
         return msgspec.convert(values, struct, strict=False)
     except msgspec.ValidationError:
         raise InvalidInput(field_errors(values, struct, strict=False)) from None
+
+
+class QueryParser(Generic[T]):
+    """`convert_query` for one struct, remembered per distinct query string (at most `size` of them):
+    a cached answer should cost next to nothing. Invalid queries raise and are not kept."""
+
+    def __init__(self, struct: type[T], *, size: int = 256) -> None:
+        self.struct = struct
+        self.size = size
+        self._parsed: dict[bytes, T] = {}
+
+    def __call__(self, request: Request) -> T:
+        raw: bytes = request.scope["query_string"]
+        query = self._parsed.get(raw)
+        if query is None:
+            query = convert_query(request.query_params, self.struct)
+            if len(self._parsed) >= self.size:
+                self._parsed.clear()
+            self._parsed[raw] = query
+        return query
 
 
 def field_errors(value: Any, struct: type[msgspec.Struct], *, strict: bool = True) -> list[FieldError]:

@@ -11,7 +11,7 @@ from starlette.routing import Route
 from service.announcements.access import Announcements
 from service.announcements.models import AnnouncementPatch, ListQuery, NewAnnouncement
 from service.http import BytesResponse, if_match, not_modified
-from service.json_body import convert_query, read_json
+from service.json_body import QueryParser, read_json
 
 _encoder = msgspec.json.Encoder()
 _new_decoder = msgspec.json.Decoder(NewAnnouncement)
@@ -21,8 +21,7 @@ _PRIVATE = "private, no-store"
 # Browsers and CDNs may keep public answers but ask each time (a 304 from memory when unchanged), so
 # a write is seen on the next read.
 _PUBLIC_CACHING = [(b"cache-control", _NO_CACHE.encode())]
-_QUERY_CACHE_SIZE = 256
-_queries: dict[bytes, ListQuery] = {}
+_parsed_query = QueryParser(ListQuery)
 
 
 def _announcements(request: Request) -> Announcements:
@@ -32,18 +31,6 @@ def _announcements(request: Request) -> Announcements:
 
 def _json(body: object, *, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(_encoder.encode(body), status_code=status, headers=headers, media_type="application/json")
-
-
-def _parsed_query(request: Request) -> ListQuery:
-    """The query, parsed once per distinct query string: a cached read should cost next to nothing."""
-    raw = request.scope["query_string"]
-    query = _queries.get(raw)
-    if query is None:
-        query = convert_query(request.query_params, ListQuery)  # raises on invalid input: not kept
-        if len(_queries) >= _QUERY_CACHE_SIZE:
-            _queries.clear()
-        _queries[raw] = query
-    return query
 
 
 class AnnouncementCollection(HTTPEndpoint):

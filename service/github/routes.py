@@ -16,14 +16,13 @@ from service.github.client import GitHubClient
 from service.github.models import RepositoryQuery, is_valid_repository_name, select
 from service.github.webhook import receive_webhook
 from service.http import BytesResponse
-from service.json_body import convert_query
+from service.json_body import QueryParser
 
 _encoder = msgspec.json.Encoder()
 _WHOLE = "whole"  # the view key of an entry encoded as it is
 
 
-_QUERY_CACHE_SIZE = 256
-_queries: dict[bytes, RepositoryQuery] = {}
+_parsed_query = QueryParser(RepositoryQuery)
 
 
 async def list_repositories(request: Request) -> BytesResponse:
@@ -31,18 +30,6 @@ async def list_repositories(request: Request) -> BytesResponse:
     github = _github(request)
     lookup = await github.repositories()
     return _cached_response(request, lookup, query, lambda: _encoder.encode(select(lookup.entry.value, query)))
-
-
-def _parsed_query(request: Request) -> RepositoryQuery:
-    """The query, parsed once per distinct query string: a cache hit should cost next to nothing."""
-    raw = request.scope["query_string"]
-    query = _queries.get(raw)
-    if query is None:
-        query = convert_query(request.query_params, RepositoryQuery)  # raises on invalid input: not cached
-        if len(_queries) >= _QUERY_CACHE_SIZE:
-            _queries.clear()
-        _queries[raw] = query
-    return query
 
 
 async def get_repository(request: Request) -> BytesResponse:
