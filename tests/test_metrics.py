@@ -188,32 +188,42 @@ async def test_cache_lookups_by_resource_and_state(make_settings: Callable[..., 
     assert states(before, after) == {"hit": 0, "miss": 1, "revalidated": 1, "stale": 0}
 
 
-class SlowAnnouncements(Announcements):
-    """Store reads that hold their pool slot for a while, so the next callers must wait for one."""
+class GatedAnnouncements(Announcements):
+    """Store reads that hold their pool slot until the test opens the gate, so the next callers must wait."""
+
+    gate = threading.Event()
 
     async def page(self, query: ListQuery, *, include_all: bool, now: datetime | None = None) -> AnnouncementPage:
-        await self.call(time.sleep, 0.3)
+        await self.call(self.gate.wait, 10)
         return AnnouncementPage([], None)
 
 
 async def test_store_calls_are_timed_and_waits_for_a_pool_slot_counted(make_settings: Callable[..., Settings]) -> None:
     admin = "admin-token-for-the-metrics-tests"
     settings = make_settings(METRICS_TOKEN=TOKEN, ADMIN_TOKEN=admin, DATABASE_POOL_SIZE="1")
-    app = create_app(settings, announcements_class=SlowAnnouncements)
+    GatedAnnouncements.gate.clear()
+    app = create_app(settings, announcements_class=GatedAnnouncements)
+    held = 0.2
     async with running(app) as client:
         before = await scrape(client)
         async with anyio.create_task_group() as group:
             for _ in range(3):  # admin reads: public ones may be answered from the read cache
                 group.start_soon(functools.partial(client.get, "/announcements?status=all", headers={"Authorization": f"Bearer {admin}"}))
-            await anyio.sleep(0.15)  # the first holds the only slot, two wait
-            during = await scrape(client)
+            with anyio.fail_after(10):  # the first holds the only slot, two wait (a bound against hanging)
+                while value(during := await scrape(client), "website_api_store_calls_waiting") < 2:
+                    await anyio.sleep(0.01)
+            await anyio.sleep(held)
+            GatedAnnouncements.gate.set()
         after = await scrape(client)
     assert value(during, "website_api_store_calls_waiting") == 2
     assert value(after, "website_api_store_calls_waiting") == 0
     count = "website_api_store_call_duration_seconds_count"
-    assert value(after, count, operation="sleep") - value(before, count, operation="sleep") == 3
-    total = value(after, "website_api_store_call_duration_seconds_sum", operation="sleep")
-    assert total >= 0.3 + 0.6 + 0.9 - 0.05  # waiting for the slot is part of a call's time
+    assert value(after, count, operation="wait") - value(before, count, operation="wait") == 3
+    # Once in, the two waiters ran at once (the gate was open): only counting their wait for the slot keeps
+    # all three calls out of the buckets below the time the slot was held.
+    quick = "website_api_store_call_duration_seconds_bucket"
+    assert value(after, quick, operation="wait", le="0.1") - value(before, quick, operation="wait", le="0.1") == 0
+    assert value(after, quick, operation="wait", le="+Inf") - value(before, quick, operation="wait", le="+Inf") == 3
 
 
 async def test_webhook_deliveries_are_counted_with_bounded_labels(make_settings: Callable[..., Settings]) -> None:
