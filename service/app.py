@@ -10,20 +10,22 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from service import docs, health, metrics, tracing
 from service.announcements import routes as announcement_routes
 from service.announcements.access import Announcements
 from service.announcements.store import SqlStore, open_store
-from service.errors import EXCEPTION_HANDLERS, UnhandledErrorMiddleware
+from service.errors import EXCEPTION_HANDLERS
 from service.github import routes as github_routes
 from service.github.cache import UpstreamCache
 from service.github.client import GitHubClient, build_http_client
 from service.github.shared import SharedTier
 from service.github.webhook import WEBHOOK_MAX_BODY_BYTES, WebhookReceiver
-from service.middleware import CorsMiddleware, RequestContextMiddleware, RequestLimitsMiddleware
+from service.middleware import EdgeMiddleware
 from service.settings import Settings, load_settings, settings_or_exit
 from service.tracing import OpenTelemetry, otel_or_exit
 
@@ -73,30 +75,26 @@ def create_app(
             yield
         logger.info("stopped: GitHub client and database connections closed")
 
-    middleware = [
-        Middleware(UnhandledErrorMiddleware),
-        Middleware(RequestContextMiddleware, access_log=settings.access_log, metrics=series, otel=otel),
-    ]
+    cors = None
     if settings.cors_origins:
-        middleware.append(
-            Middleware(
-                CorsMiddleware,
-                allow_origins=list(settings.cors_origins),
-                allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE"],
-                allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match", "X-Request-ID"],
-                expose_headers=CORS_EXPOSED,
-                max_age=600,
-            )
-        )
-    middleware.append(
-        Middleware(
-            RequestLimitsMiddleware,
-            timeout=settings.request_timeout,
-            max_body_bytes=settings.max_body_bytes,
-            body_limits={"/github/webhook": WEBHOOK_MAX_BODY_BYTES},
-        )
+        cors = {
+            "allow_origins": list(settings.cors_origins),
+            "allow_methods": ["GET", "HEAD", "POST", "PATCH", "DELETE"],
+            "allow_headers": ["Authorization", "Content-Type", "If-Match", "If-None-Match", "X-Request-ID"],
+            "expose_headers": CORS_EXPOSED,
+            "max_age": 600,
+        }
+    edge = Middleware(
+        EdgeMiddleware,
+        access_log=settings.access_log,
+        metrics=series,
+        otel=otel,
+        timeout=settings.request_timeout,
+        max_body_bytes=settings.max_body_bytes,
+        body_limits={"/github/webhook": WEBHOOK_MAX_BODY_BYTES},
+        cors=cors,
     )
-    app = Starlette(
+    app = Service(
         routes=[
             *health.routes,
             *github_routes.routes,
@@ -104,11 +102,22 @@ def create_app(
             *docs.build_routes(),
             Route("/metrics", metrics.MetricsEndpoint(settings.metrics_token, series), methods=["GET"]),
         ],
-        middleware=middleware,
+        middleware=[edge],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     return app
+
+
+class Service(Starlette):
+    """Starlette, less the ServerErrorMiddleware it puts outside everything: EdgeMiddleware is the
+    outermost layer and answers every error itself, so that one only cost time on every request."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app: ASGIApp = ExceptionMiddleware(self.router, handlers=self.exception_handlers, debug=self.debug)
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app
 
 
 def _observe_github_calls(http: httpx.AsyncClient, otel: OpenTelemetry | None, series: metrics.Series | None) -> None:

@@ -1,5 +1,5 @@
 """Errors as RFC 9457 problem details: the typed errors endpoints raise, the handlers that render them, and the
-last-resort layer for everything else."""
+last-resort answer for everything else."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Annotated
 
 import msgspec
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 PROBLEM_JSON = "application/problem+json"
 logger = logging.getLogger("service.errors")
@@ -167,52 +167,19 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 _METHOD_ORDER = {m: i for i, m in enumerate(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])}
 
 
-class UnhandledErrorMiddleware:
-    """The service's outermost layer, where an exception no handler took ends.
+def unhandled_error(scope: Scope, exc: Exception) -> Response:
+    """An exception no handler took: logged once, as JSON with the request id, and answered with a generic
+    500 that names the id (the traceback goes to the log only).
 
-    Starlette's ServerErrorMiddleware answers 500 and then re-raises, so uvicorn logs the error a second
-    time, as a plain-text traceback, and drops the client's keep-alive connection. Here the error is
-    answered (unless the response has begun), logged once as JSON, and goes no further. A client that
-    went away before its body arrived (ClientDisconnect) is its own doing: nobody is left to answer, and
-    its access line (status 499) is all the log says about it.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_tracking(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_tracking)
-        except ClientDisconnect:
-            return
-        except Exception as exc:
-            request_id = request_id_of(scope)
-            logger.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
-            if not started:  # otherwise the server closes the connection on the unfinished response
-                await _internal_error(scope, request_id)(scope, receive, send)
-
-
-def _internal_error(scope: Scope, request_id: str | None) -> Response:
-    """A generic 500 that names the request id; the traceback goes to the log only. It is sent from
-    outside RequestContextMiddleware, so it carries that layer's headers itself."""
-    headers = {"X-Content-Type-Options": "nosniff"}
-    if request_id:
-        headers["X-Request-ID"] = request_id
+    Starlette's own ServerErrorMiddleware answers 500 and then re-raises, so uvicorn logs the error a
+    second time, as a plain-text traceback, and drops the client's keep-alive connection; the service's
+    edge (service.middleware) calls this instead and lets the error go no further."""
+    request_id = request_id_of(scope)
+    logger.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
     return problem_response(
         scope,
         500,
         detail=f"An unexpected error occurred. Quote request id {request_id} when reporting it.",
-        headers=headers,
     )
 
 

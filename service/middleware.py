@@ -1,10 +1,12 @@
-"""Pure-ASGI middleware on every request: request id, access log, security headers, time and size limits."""
+"""The pure-ASGI layer on every request (request id and trace, security headers, time and size limits, the
+last-resort 500, metrics, access log) and the CORS it may run."""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
 import contextlib
+import functools
 import itertools
 import os
 import re
@@ -12,7 +14,7 @@ import sys
 import time
 import weakref
 from collections.abc import Mapping
-from typing import IO
+from typing import IO, Any
 
 import msgspec
 from starlette.datastructures import Headers
@@ -22,7 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import tracing
-from service.errors import PayloadTooLarge, problem_response
+from service.errors import PayloadTooLarge, problem_response, unhandled_error
 from service.http import raw_header
 from service.metrics import Series
 from service.tracing import OpenTelemetry, RequestIds, TraceParent, new_span_id, new_trace_id, parse_traceparent
@@ -46,12 +48,31 @@ class AccessLine(msgspec.Struct):
     pid: int
 
 
-class RequestContextMiddleware:
-    """Gives each request an id and a trace (W3C trace context), echoes the id, adds nosniff, records
-    the request's metrics and server span when those are on, and writes one JSON access line."""
+class EdgeMiddleware:
+    """The one layer every request passes, outermost. It
+
+    - gives the request an id and a trace (W3C trace context), echoes the id and adds nosniff;
+    - bounds the request in time and size: not answered within `timeout` seconds, 408 if the client was
+      still sending its body (a slow or stalled upload), 504 if the service itself was too slow; a body
+      over `max_body_bytes` (or the limit `body_limits` sets for its path), 413, by Content-Length up front
+      or while streaming, never buffered;
+    - answers what no handler took with a generic 500 (service.errors.unhandled_error), logged once, the
+      connection kept; a client that left before its body arrived (ClientDisconnect) gets its access line
+      (status 499) and nothing else;
+    - records the request's metrics and server span when those are on, and writes one JSON access line.
+
+    With `cors` options it runs Starlette's CORS (CorsMiddleware) inside itself, and its own answers (413,
+    408, 504, 500) carry the CORS headers too.
+
+    One layer rather than one per concern: every layer costs a coroutine and a wrapper around each
+    message on every request, and on /health that was a third of the time this service spends beyond bare
+    Starlette (bench/, scenario 1). Deadlines are checked by one sweeper every 100 ms rather than a timer
+    per request: a request costs a dict entry, not a timer.
+    """
 
     FLUSH_EVERY = 0.05  # seconds a line may wait in the buffer
     FLUSH_AT = 64 * 1024  # bytes that are written at once, however recent
+    SWEEP_EVERY = 0.1
 
     def __init__(
         self,
@@ -61,11 +82,21 @@ class RequestContextMiddleware:
         stream: IO[bytes] | None = None,
         metrics: Series | None = None,
         otel: OpenTelemetry | None = None,
+        timeout: float = 10.0,
+        max_body_bytes: int = 65536,
+        body_limits: Mapping[str, int] | None = None,
+        cors: Mapping[str, Any] | None = None,
     ) -> None:
-        self.app = app
+        self.cors = CorsMiddleware(app, **cors) if cors else None
+        self.app: ASGIApp = self.cors or app
         self.access_log = access_log
         self.metrics = metrics
         self.otel = otel
+        self.timeout = timeout
+        self.max_body_bytes = max_body_bytes
+        self.body_limits = dict(body_limits or {})  # exact path -> its own limit (GitHub's webhook deliveries)
+        self._exchanges: dict[asyncio.Task[object], _Exchange] = {}
+        self._sweeping = False
         # With PYTHONUNBUFFERED (Heroku's default) sys.stdout.buffer is the raw file: every write is a
         # system call. Lines are therefore gathered here and written together, at most 50 ms apart.
         self.stream = stream if stream is not None else sys.stdout.buffer
@@ -93,28 +124,62 @@ class RequestContextMiddleware:
         else:
             span, token, ids = otel.start_server_span(scope["method"], scope["path"], parent)
             ids = ids._replace(request_id=request_id)
-        # Not reset when the request ends: the server gives each request a task (a context) of its own,
-        # and the error handlers outside this middleware still log with the request's ids.
+        # Not reset when the request ends: the server gives each request a task (a context) of its own.
         tracing.current.set(ids)
-        added = ((b"x-request-id", request_id.encode()), _NOSNIFF)
         started = time.perf_counter()
-        status = 500  # what the client gets if the app raises before answering
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        exchange = self._exchanges[task] = _Exchange(loop.time() + self.timeout)
+        if not self._sweeping:
+            self._sweeping = True
+            loop.call_later(self.SWEEP_EVERY, self._sweep, loop)
+        added = ((b"x-request-id", request_id.encode()), _NOSNIFF)
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
+                exchange.status = message["status"]
                 # A new list: a response's own header list may be shared between requests.
                 message["headers"] = [*message.get("headers", ()), *added]
             await send(message)
 
+        limit = self.body_limits.get(scope["path"], self.max_body_bytes)
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            exchange.receiving = True
+            message = await receive()
+            exchange.receiving = message.get("more_body", False)
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(_too_large(limit))
+            return message
+
         try:
-            await self.app(scope, receive, send_with_headers)
+            declared = _content_length(scope)
+            if declared is not None and declared > limit:
+                response = problem_response(scope, 413, slug="payload-too-large", detail=_too_large(limit))
+                await self._answer(response, scope, receive, send_with_headers)
+            else:
+                await self.app(scope, receive_limited, send_with_headers)
         except ClientDisconnect:
-            status = CLIENT_CLOSED_REQUEST
-            raise
+            exchange.status = CLIENT_CLOSED_REQUEST  # nobody is left to answer
+        except asyncio.CancelledError:
+            if not exchange.expired or task.uncancel() > 0:
+                raise  # not (only) ours: the server is shutting down or the client went away
+            if exchange.status is None:
+                await self._answer(self._timed_out(exchange, scope), scope, receive, send_with_headers)
+        except Exception as exc:
+            if exchange.status is None:  # otherwise the server closes the connection on the unfinished response
+                await self._answer(unhandled_error(scope, exc), scope, receive, send_with_headers)
+            else:
+                unhandled_error(scope, exc)
         finally:
+            del self._exchanges[task]
             seconds = time.perf_counter() - started
+            status = 500 if exchange.status is None else exchange.status
             if self.metrics is not None or otel is not None:
                 route = getattr(scope.get("route"), "path", None)  # the template the router matched, if any
                 if otel is not None:
@@ -123,6 +188,34 @@ class RequestContextMiddleware:
                     self.metrics.observe_request(scope["method"], route, status, seconds)
             if self.access_log:
                 self._log(scope, status, seconds, ids)
+
+    async def _answer(self, response: Response, scope: Scope, receive: Receive, send: Send) -> None:
+        """One of this layer's own answers, with the CORS headers the routes' answers get."""
+        if self.cors is not None and raw_header(scope, b"origin") is not None:
+            send = functools.partial(self.cors.send, send=send, request_headers=Headers(scope=scope))
+        await response(scope, receive, send)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for task, exchange in list(self._exchanges.items()):
+            if exchange.at <= now and not exchange.expired:
+                exchange.expired = True
+                task.cancel()
+        if self._exchanges:
+            loop.call_later(self.SWEEP_EVERY, self._sweep, loop)
+        else:
+            self._sweeping = False
+
+    def _timed_out(self, exchange: _Exchange, scope: Scope) -> Response:
+        if exchange.receiving:
+            return problem_response(
+                scope, 408, slug="request-body-timeout", headers={"Connection": "close"},
+                detail=f"The request body did not arrive within {self.timeout:g} s.",
+            )  # fmt: skip
+        return problem_response(
+            scope, 504, title="Request timed out", slug="request-timeout",
+            detail=f"The request was not answered within {self.timeout:g} s.",
+        )  # fmt: skip
 
     def _log(self, scope: Scope, status: int, seconds: float, ids: RequestIds) -> None:
         client = scope.get("client")
@@ -165,7 +258,7 @@ class RequestContextMiddleware:
 
 
 # Middleware instances with lines that may still be waiting; flushed when the process exits.
-_unflushed: weakref.WeakSet[RequestContextMiddleware] = weakref.WeakSet()
+_unflushed: weakref.WeakSet[EdgeMiddleware] = weakref.WeakSet()
 
 
 @atexit.register
@@ -192,107 +285,16 @@ def _incoming(scope: Scope) -> tuple[str | None, TraceParent | None]:
     return valid_id, parse_traceparent(bytes(traceparents[0])) if len(traceparents) == 1 else None
 
 
-class _Deadline:
-    __slots__ = ("at", "expired", "started", "receiving")
+class _Exchange:
+    """One request as the edge follows it."""
+
+    __slots__ = ("at", "expired", "receiving", "status")
 
     def __init__(self, at: float) -> None:
-        self.at = at
+        self.at = at  # its deadline (the loop's clock)
         self.expired = False  # set by the sweeper when it cancels the request
-        self.started = False  # the response has begun: too late for an error response
         self.receiving = False  # the body is still arriving
-
-
-class RequestLimitsMiddleware:
-    """Bounds every request in time and size.
-
-    - Not answered within `timeout` seconds: 408 if the client was still sending its body (a slow or
-      stalled upload), 504 if the service itself was too slow.
-    - A body over `max_body_bytes` (or the limit `body_limits` sets for its path): 413, by Content-Length
-      up front or while streaming, never buffered.
-
-    Deadlines are checked by one sweeper every 100 ms rather than a timer per request: on the hot
-    path a request costs a dict entry, not a timer.
-    """
-
-    SWEEP_EVERY = 0.1
-
-    def __init__(
-        self, app: ASGIApp, *, timeout: float, max_body_bytes: int, body_limits: Mapping[str, int] | None = None
-    ) -> None:
-        self.app = app
-        self.timeout = timeout
-        self.max_body_bytes = max_body_bytes
-        self.body_limits = dict(body_limits or {})  # exact path -> its own limit (GitHub's webhook deliveries)
-        self._deadlines: dict[asyncio.Task[object], _Deadline] = {}
-        self._sweeping = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.body_limits.get(scope["path"], self.max_body_bytes)
-        declared = _content_length(scope)
-        if declared is not None and declared > limit:
-            await problem_response(scope, 413, slug="payload-too-large", detail=_too_large(limit))(scope, receive, send)
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        deadline = self._deadlines[task] = _Deadline(loop.time() + self.timeout)
-        if not self._sweeping:
-            self._sweeping = True
-            loop.call_later(self.SWEEP_EVERY, self._sweep, loop)
-        received = 0
-
-        async def receive_limited() -> Message:
-            nonlocal received
-            deadline.receiving = True
-            message = await receive()
-            deadline.receiving = message.get("more_body", False)
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise PayloadTooLarge(_too_large(limit))
-            return message
-
-        async def send_tracking(message: Message) -> None:
-            deadline.started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive_limited, send_tracking)
-        except asyncio.CancelledError:
-            if not deadline.expired or task.uncancel() > 0:
-                raise  # not (only) ours: the server is shutting down or the client went away
-            if not deadline.started:
-                await self._timed_out(deadline, scope, receive, send)
-        finally:
-            self._deadlines.pop(task, None)
-
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
-        for task, deadline in list(self._deadlines.items()):
-            if deadline.at <= now and not deadline.expired:
-                deadline.expired = True
-                task.cancel()
-        if self._deadlines:
-            loop.call_later(self.SWEEP_EVERY, self._sweep, loop)
-        else:
-            self._sweeping = False
-
-    async def _timed_out(self, deadline: _Deadline, scope: Scope, receive: Receive, send: Send) -> None:
-        if deadline.receiving:
-            response = problem_response(
-                scope, 408, slug="request-body-timeout", headers={"Connection": "close"},
-                detail=f"The request body did not arrive within {self.timeout:g} s.",
-            )  # fmt: skip
-        else:
-            response = problem_response(
-                scope, 504, title="Request timed out", slug="request-timeout",
-                detail=f"The request was not answered within {self.timeout:g} s.",
-            )  # fmt: skip
-        await response(scope, receive, send)
-
+        self.status: int | None = None  # the response's, once it has begun
 
 
 def _too_large(limit: int) -> str:

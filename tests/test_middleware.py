@@ -18,7 +18,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from service.app import create_app
-from service.middleware import RequestContextMiddleware
+from service.middleware import EdgeMiddleware
 from service.settings import Settings
 from tests.support import ROOT, app_with_test_routes, assert_problem, eventually, running
 
@@ -70,7 +70,7 @@ async def test_access_log_is_one_json_line_per_request() -> None:
     async def ok(request: Request) -> Response:
         return Response(b"x", status_code=201)
 
-    app = RequestContextMiddleware(Route("/made", ok), stream=stream)
+    app = EdgeMiddleware(Route("/made", ok), stream=stream)
     async with running_raw(app) as client:
         await client.get("/made?q=1", headers={"X-Request-ID": "req-1"})
         await eventually(stream.getvalue, what="the batch of access lines to be written")
@@ -103,7 +103,7 @@ async def test_access_lines_are_written_in_batches_even_to_an_unbuffered_stream(
     async def ok(request: Request) -> Response:
         return Response(b"x")
 
-    app = RequestContextMiddleware(Route("/", ok), stream=stream)
+    app = EdgeMiddleware(Route("/", ok), stream=stream)
     app.FLUSH_EVERY = 60.0  # so the batch surely waits while the 40 requests are made
     async with running_raw(app) as client:
         for _ in range(40):
@@ -120,10 +120,10 @@ def test_lines_still_waiting_are_written_when_the_process_exits(tmp_path: Path) 
         "import asyncio\n"
         "from starlette.responses import Response\n"
         "from starlette.routing import Route\n"
-        "from service.middleware import RequestContextMiddleware\n"
+        "from service.middleware import EdgeMiddleware\n"
         "async def ok(scope, receive, send):\n"
         "    await Response(b'x')(scope, receive, send)\n"
-        "app = RequestContextMiddleware(ok)\n"
+        "app = EdgeMiddleware(ok)\n"
         "async def main():\n"
         "    async def receive(): return {'type': 'http.request', 'body': b''}\n"
         "    async def send(message): pass\n"
@@ -144,7 +144,7 @@ async def test_access_log_can_be_switched_off(access_log: bool, lines: int) -> N
     async def ok(request: Request) -> Response:
         return Response(b"x")
 
-    app = RequestContextMiddleware(Route("/", ok), access_log=access_log, stream=stream)
+    app = EdgeMiddleware(Route("/", ok), access_log=access_log, stream=stream)
     async with running_raw(app) as client:
         await client.get("/")
         app.flush()  # whatever is waiting for the next batch is written now

@@ -91,7 +91,7 @@ class WebhookReceiver:
     async def receive(self, request: Request) -> BytesResponse:
         if self._key is None:
             raise NotFound("No webhook receiver here: GITHUB_WEBHOOK_SECRET is not configured.")
-        body = await request.body()  # at most WEBHOOK_MAX_BODY_BYTES (RequestLimitsMiddleware)
+        body = await request.body()  # at most WEBHOOK_MAX_BODY_BYTES (EdgeMiddleware)
         await self._verify(raw_header(request.scope, b"x-hub-signature-256"), body)
         event = request.headers.get("x-github-event")
         if not event:
