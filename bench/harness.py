@@ -101,6 +101,7 @@ class Server:
 def server(name: str, argv: list[str], env: dict[str, str], *, cpu: str = SERVER_CPU, ready_path: str = "/health") -> Iterator[Server]:
     port = free_port()
     argv = [a.replace("{port}", str(port)) for a in argv]
+    env = {name: value.replace("{port}", str(port)) for name, value in env.items()}
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **env}
     log = open(os.devnull, "wb")  # access lines are written, as in production, and thrown away here
     process = subprocess.Popen(["taskset", "-c", cpu, *argv], env=full_env, stdout=log, stderr=subprocess.PIPE, cwd=env.get("BENCH_CWD", ROOT))

@@ -139,8 +139,8 @@ class EdgeMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 exchange.status = message["status"]
-                # A new list: a response's own header list may be shared between requests.
-                message["headers"] = [*message.get("headers", ()), *added]
+                # A new message and list: an app may send the same prepared ones on every request.
+                message = {**message, "headers": [*message.get("headers", ()), *added]}
             await send(message)
 
         limit = self.body_limits.get(scope["path"], self.max_body_bytes)

@@ -15,7 +15,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.app import create_app
 from service.middleware import EdgeMiddleware
@@ -59,6 +59,21 @@ async def test_generated_request_ids_differ(client: httpx.AsyncClient) -> None:
 async def test_nosniff_on_success_and_error(client: httpx.AsyncClient) -> None:
     for path in ("/health", "/nope"):
         assert (await client.get(path)).headers["x-content-type-options"] == "nosniff"
+
+
+async def test_an_app_sending_the_same_prepared_messages_each_time_gets_the_headers_once() -> None:
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    body = {"type": "http.response.body", "body": b"ok"}
+
+    async def fixed(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(start)
+        await send(body)
+
+    async with running_raw(EdgeMiddleware(fixed, access_log=False)) as client:
+        responses = [await client.get("/") for _ in range(3)]
+    for response in responses:
+        assert [name for name, _ in response.headers.multi_items()].count("x-request-id") == 1
+    assert start["headers"] == [(b"content-length", b"2")]
 
 
 # -- access log ------------------------------------------------------------------------------
@@ -271,6 +286,33 @@ async def test_cors_allows_configured_origin_only(make_settings: Callable[..., S
     assert "access-control-allow-origin" not in other.headers
     assert preflight.status_code == 200
     assert refused.status_code == 400 and refused.headers["content-type"] == "application/problem+json"
+
+
+async def test_answers_of_the_edge_itself_carry_cors_headers_too(make_settings: Callable[..., Settings]) -> None:
+    """413 (by Content-Length), 504 and 500 are answered by the outermost layer, not a route: a browser
+    script on an allowed origin can still read them (and their request id)."""
+
+    async def slow(request: Request) -> Response:
+        await anyio.sleep(30)
+        return Response("never")
+
+    app = app_with_test_routes(make_settings(CORS_ORIGINS="https://site.example", REQUEST_TIMEOUT="0.2", MAX_BODY_BYTES="100"))
+    app.router.routes.append(Route("/_test/slow", slow))
+    origin = {"Origin": "https://site.example"}
+    async with running(app) as client:
+        with anyio.fail_after(10):
+            answers = [
+                await client.post("/_test/notes", content=b"x" * 101, headers={**origin, "content-type": "application/json"}),
+                await client.get("/_test/slow", headers=origin),
+                await client.get("/_test/boom", headers=origin),
+            ]
+            elsewhere = await client.get("/_test/boom", headers={"Origin": "https://evil.example"})
+    for response, status in zip(answers, (413, 504, 500)):
+        assert_problem(response, status)
+        assert response.headers["access-control-allow-origin"] == "https://site.example"
+        assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
+    assert_problem(elsewhere, 500)
+    assert "access-control-allow-origin" not in elsewhere.headers
 
 
 async def test_no_cors_headers_without_cors_origins(client: httpx.AsyncClient) -> None:
