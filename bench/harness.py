@@ -26,8 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER_CPU = "0"
 LOAD_CPU = "1"
 BIN = Path(sys.executable).parent
-# The same server flags for every ASGI app: one worker, uvicorn's defaults (uvloop, httptools), no uvicorn access log.
+# The peers' server: one worker, uvicorn's defaults (uvloop, httptools), no uvicorn access log.
 UVICORN_FLAGS = ["--host", "127.0.0.1", "--workers", "1", "--no-access-log", "--log-level", "warning"]
+# This service runs as its Procfile runs it (`python -m service serve`: uvicorn with the service's own
+# options, one worker here); give it PROCFILE_ENV.
+PROCFILE = [sys.executable, "-m", "service", "serve"]
+PROCFILE_ENV = {"HOST": "127.0.0.1", "PORT": "{port}", "WEB_CONCURRENCY": "1"}
 
 
 @dataclass

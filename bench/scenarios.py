@@ -61,8 +61,9 @@ def environment(profile: Profile) -> Iterator[dict[str, object]]:
                 cpu=harness.LOAD_CPU, ready_path="/users/octo-dev") as upstream:  # fmt: skip
         database = workdir / "bench.db"
         ours_env = {"GITHUB_OWNER": "octo-dev", "GITHUB_API_URL": upstream.url, "DATABASE_URL": f"sqlite:///{database}",
-                    "ADMIN_TOKEN": ADMIN_TOKEN, "ACCESS_LOG": "true", "LOG_LEVEL": "warning", "BENCH_CWD": str(workdir)}  # fmt: skip
-        with server("seed", uvicorn("service.app:app"), ours_env) as seed:
+                    "ADMIN_TOKEN": ADMIN_TOKEN, "ACCESS_LOG": "true", "LOG_LEVEL": "warning", "BENCH_CWD": str(workdir),
+                    **harness.PROCFILE_ENV}  # fmt: skip
+        with server("seed", harness.PROCFILE, ours_env) as seed:
             for i in range(30):
                 body = {"title": f"Announcement {i}", "body": "Some **Markdown** text. " * 20, "tags": ["news"], "pinned": i == 0}
                 httpx.post(f"{seed.url}/announcements", json=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).raise_for_status()
@@ -85,8 +86,8 @@ def side_by_side(env: dict[str, object], profile: Profile) -> list[Outcome]:
     metrics_dir.mkdir(exist_ok=True)
     metrics_env = {**ours_env, "METRICS_TOKEN": "bench-metrics-token-0123456789", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     with (
-        server("ours", uvicorn("service.app:app"), ours_env) as ours,
-        server("ours, metrics on", uvicorn("service.app:app"), metrics_env) as metered,
+        server("ours", harness.PROCFILE, ours_env) as ours,
+        server("ours, metrics on", harness.PROCFILE, metrics_env) as metered,
         server("ours, read cache off", uvicorn("bench.variants:uncached_app") + ["--factory"], ours_env) as uncached,
         server("raw", uvicorn("bench.peers.raw_asgi:app"), {}) as raw,
         server("starlette", uvicorn("bench.peers.starlette_floor:app"), {}) as starlette,
@@ -170,8 +171,8 @@ def compressed_cache_hit(env: dict[str, object], profile: Profile) -> list[Outco
         peer_env = {**_peer_env(env), "GITHUB_API_URL": upstream.url}
         with (
             # A database of its own: the shared GitHub tier of the others' database holds the 30-repository list.
-            server("ours", uvicorn("service.app:app"), {**env["ours_env"], "GITHUB_API_URL": upstream.url,
-                                                        "DATABASE_URL": f"sqlite:///{env['workdir']}/bench-100.db"}) as ours,  # fmt: skip
+            server("ours", harness.PROCFILE, {**env["ours_env"], "GITHUB_API_URL": upstream.url,
+                                              "DATABASE_URL": f"sqlite:///{env['workdir']}/bench-100.db"}) as ours,  # fmt: skip
             server("fastapi+gzip", uvicorn("bench.peers.fastapi_gzip:app"), peer_env) as fastapi,
             server("litestar+gzip", uvicorn("bench.peers.litestar_app:gzip_app"), peer_env) as litestar,
         ):
@@ -230,7 +231,7 @@ def cache_disabled(env: dict[str, object], profile: Profile) -> list[Outcome]:
     ours_env = {**env["ours_env"], "GITHUB_CACHE_TTL": "0"}
     upstream = env["upstream"]
     with (
-        server("ours", uvicorn("service.app:app"), ours_env) as ours,
+        server("ours", harness.PROCFILE, ours_env) as ours,
         server("flask", [str(harness.BIN / "gunicorn"), "-w", "4", "-k", "sync", "-b", "127.0.0.1:{port}", "--log-level", "warning",
                          "bench.peers.flask_app:app"], _peer_env(env)) as flask,  # fmt: skip
     ):
@@ -395,7 +396,7 @@ def compression_costs(profile: Profile) -> list[Outcome]:
 def memory(env: dict[str, object], profile: Profile) -> list[Outcome]:
     """Scenario 6: RSS of one worker after 200,000 mixed requests."""
     script = ROOT / "tests" / "load" / "soak.lua"
-    with server("ours", uvicorn("service.app:app"), dict(env["ours_env"])) as ours:
+    with server("ours", harness.PROCFILE, dict(env["ours_env"])) as ours:
         httpx.get(f"{ours.url}/github/repos", timeout=10)
         start = ours.rss_kib()
         half = profile.memory_requests // 2

@@ -29,6 +29,7 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "timeout_keep_alive": 100,  # above the router's 90 s idle timeout, so the router closes first
         "http": "service.connections:BoundedHeadProtocol",  # closes connections that never finish a request head
         "timeout_graceful_shutdown": 20,  # in-flight requests get 20 s of Heroku's 30 s before SIGKILL
+        "server_header": False,  # no "Server: uvicorn": what runs the service is nobody else's business
         "access_log": False,  # the service writes its own JSON access line
         "log_level": settings.log_level,
         "log_config": logging_config(settings.log_level),  # uvicorn's own lines as JSON too, in every process

@@ -27,7 +27,7 @@ from service import tracing
 from service.errors import PayloadTooLarge, problem_response, unhandled_error
 from service.http import raw_header
 from service.metrics import Series
-from service.tracing import OpenTelemetry, RequestIds, TraceParent, new_span_id, new_trace_id, parse_traceparent
+from service.tracing import OpenTelemetry, RequestIds, TraceParent, new_span_id, new_trace, parse_traceparent
 
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,200}")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before it was answered; never sent
@@ -112,13 +112,13 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming_id, parent = _incoming(scope)
+        incoming_id, parent, declared = _incoming(scope)
         request_id = incoming_id or f"{self._id_prefix}{next(self._id_counter) & 0xFFFFFFFF:08x}"
         scope.setdefault("state", {})["request_id"] = request_id
         otel = self.otel
         if otel is None:
             if parent is None:
-                ids = RequestIds(request_id, new_trace_id(), new_span_id(), False)
+                ids = RequestIds(request_id, *new_trace(), False)
             else:
                 ids = RequestIds(request_id, parent.trace_id, new_span_id(), parent.sampled)
         else:
@@ -158,7 +158,6 @@ class EdgeMiddleware:
             return message
 
         try:
-            declared = _content_length(scope)
             if declared is not None and declared > limit:
                 response = problem_response(scope, 413, slug="payload-too-large", detail=_too_large(limit))
                 await self._answer(response, scope, receive, send_with_headers)
@@ -270,19 +269,28 @@ def _flush_at_exit() -> None:
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 
-def _incoming(scope: Scope) -> tuple[str | None, TraceParent | None]:
-    """The caller's valid X-Request-ID and traceparent, in one pass over the headers. Two traceparent
-    headers are as invalid as a malformed one (W3C Trace Context §3.2)."""
+def _incoming(scope: Scope) -> tuple[str | None, TraceParent | None, int | None]:
+    """The caller's valid X-Request-ID and traceparent, and the declared Content-Length, in one pass over
+    the headers. Two traceparent headers are as invalid as a malformed one (W3C Trace Context §3.2)."""
     request_id: bytes | None = None
     traceparents: list[bytes] = []
+    length: bytes | None = None
     for key, value in scope["headers"]:
-        if key == b"x-request-id":
+        if key == b"content-length":
+            if length is None:
+                length = value
+        elif key == b"x-request-id":
             if request_id is None:
                 request_id = value
         elif key == b"traceparent":
             traceparents.append(value)
     valid_id = request_id.decode("ascii") if request_id is not None and _VALID_REQUEST_ID.fullmatch(request_id) else None
-    return valid_id, parse_traceparent(bytes(traceparents[0])) if len(traceparents) == 1 else None
+    parent = parse_traceparent(bytes(traceparents[0])) if len(traceparents) == 1 else None
+    declared = None
+    if length is not None:
+        with contextlib.suppress(ValueError):
+            declared = int(length)
+    return valid_id, parent, declared
 
 
 class _Exchange:
@@ -299,14 +307,6 @@ class _Exchange:
 
 def _too_large(limit: int) -> str:
     return f"The request body exceeds the limit of {limit} bytes."
-
-
-def _content_length(scope: Scope) -> int | None:
-    value = raw_header(scope, b"content-length")
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 class CorsMiddleware(CORSMiddleware):

@@ -71,13 +71,26 @@ def parse_traceparent(value: bytes | None) -> TraceParent | None:
 
 
 # Ids need to be unique and random, not secret: the Mersenne Twister (seeded per process from the
-# system) costs no system call per request, unlike os.urandom.
+# system, and again in each forked worker) costs no system call per request, unlike os.urandom.
 def new_trace_id() -> str:
     return f"{random.getrandbits(128) or 1:032x}"
 
 
 def new_span_id() -> str:
     return f"{random.getrandbits(64) or 1:016x}"
+
+
+def new_trace() -> tuple[str, str]:
+    """A new trace id and its first span id, from one draw (what every request without a caller's trace
+    needs). All zeros is invalid for either (W3C Trace Context §3.2.2.3): drawn again, a 2⁻⁶⁴ chance."""
+    ids = f"{random.getrandbits(192):048x}"
+    trace_id, span_id = ids[:32], ids[32:]
+    if trace_id == _ZERO_TRACE_TEXT or span_id == _ZERO_SPAN_TEXT:
+        return new_trace()
+    return trace_id, span_id
+
+
+_ZERO_TRACE_TEXT, _ZERO_SPAN_TEXT = "0" * 32, "0" * 16
 
 
 async def send_traceparent(request: httpx.Request) -> None:

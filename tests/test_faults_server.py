@@ -68,6 +68,7 @@ def test_an_unexpected_error_is_answered_logged_once_as_json_and_keeps_the_conne
             assert status == 500 and headers["content-type"] == "application/problem+json"
             assert headers["x-request-id"] == "boom-1" and "boom-1" in json.loads(body)["detail"]
             assert headers.get("connection") != "close"
+            assert "server" not in headers and "date" in headers  # the production options: no software banner
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # the same keep-alive connection
             assert read_response(sock)[0] == 200
         wait_for(lambda: any(line.get("path") == "/_test/boom" for line in json_lines(log)))

@@ -16,7 +16,7 @@ import pytest
 
 from service.app import create_app
 from service.settings import Settings
-from service.tracing import otel_or_exit, parse_traceparent
+from service.tracing import new_trace, otel_or_exit, parse_traceparent
 from tests.github_standin import GitHubStandIn
 from tests.otlp_receiver import OtlpReceiver
 from tests.support import ROOT, running
@@ -40,6 +40,17 @@ INVALID = [
     f"00_{TRACE_ID}_{PARENT_ID}_01",
     "00-" + "é" * 32 + f"-{PARENT_ID}-01",
 ]
+
+
+def test_new_traces_are_valid_w3c_ids_and_do_not_repeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn = [new_trace() for _ in range(1000)]
+    assert len({trace_id for trace_id, _ in drawn}) == len({span_id for _, span_id in drawn}) == 1000
+    for trace_id, span_id in drawn:
+        assert parse_traceparent(f"00-{trace_id}-{span_id}-01".encode()) is not None
+    # A draw whose trace id or span id is all zeros (invalid) is thrown away.
+    draws = iter([0, 7 << 64, 5 | (7 << 64)])
+    monkeypatch.setattr("service.tracing.random.getrandbits", lambda bits: next(draws))
+    assert new_trace() == (f"{7:032x}", f"{5:016x}")
 
 
 def test_valid_traceparents_parse() -> None:
