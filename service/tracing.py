@@ -72,10 +72,6 @@ def parse_traceparent(value: bytes | None) -> TraceParent | None:
 
 # Ids need to be unique and random, not secret: the Mersenne Twister (seeded per process from the
 # system, and again in each forked worker) costs no system call per request, unlike os.urandom.
-def new_trace_id() -> str:
-    return f"{random.getrandbits(128) or 1:032x}"
-
-
 def new_span_id() -> str:
     return f"{random.getrandbits(64) or 1:016x}"
 
