@@ -9,6 +9,7 @@ from starlette.applications import Starlette
 
 from service.announcements.access import Announcements
 from service.app import create_app
+from service.middleware import EdgeMiddleware
 from service.settings import load_settings
 
 T = TypeVar("T")
@@ -33,3 +34,10 @@ class AnnouncementsWithoutReadCache(Announcements):
 
 def uncached_app() -> Starlette:
     return create_app(load_settings(), announcements_class=AnnouncementsWithoutReadCache)
+
+
+def edgeless_app() -> Starlette:
+    """The service's routes and handlers without EdgeMiddleware: what that one layer costs (scenario 11)."""
+    app = create_app(load_settings())
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not EdgeMiddleware]
+    return app

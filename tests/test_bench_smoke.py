@@ -24,7 +24,7 @@ def test_bench_smoke_run_writes_the_report_and_charts(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
-    for scenario in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8.", "## 9."):
+    for scenario in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8.", "## 9.", "## 10.", "## 11."):
         assert scenario in report
     assert "| Scenario | Measure | Measured | Goal | Met |" in report
     for chart in ("throughput.png", "latency.png", "goals.png"):
