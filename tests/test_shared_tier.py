@@ -4,6 +4,7 @@ one PostgreSQL database, against the GitHub stand-in that counts calls."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -212,15 +213,19 @@ def _drop_shared_tables(store: SqlStore) -> None:
 
 
 async def test_readiness_names_the_last_refresh_and_the_lease_holder(standin, process) -> None:  # type: ignore[no-untyped-def]
-    async with process(GITHUB_CACHE_TTL="0.2") as first, process(GITHUB_CACHE_TTL="0.2") as second:
+    # The first's lease lasts its GITHUB_TIMEOUT: 10 s, so it is surely live while the second looks.
+    async with process(GITHUB_CACHE_TTL="0.2", GITHUB_TIMEOUT="10") as first, process(GITHUB_CACHE_TTL="0.2") as second:
         await first.get("/github/repos")
         before = (await second.get("/health/ready")).json()["checks"]["github"]
-        standin.delay = 1.0
-        await anyio.sleep(0.3)
-        await first.get("/github/repos")  # stale: the refresh runs in the background and holds the lease
-        assert await eventually(lambda: len(standin.calls_to(LIST)) == 2)
-        during = (await second.get("/health/ready")).json()["checks"]["github"]
-        first_worker = (await first.get("/health/ready")).json()["checks"]["github"]["worker"]
+        standin.hold = threading.Event()  # GitHub answers only once the test has looked
+        try:
+            await anyio.sleep(0.3)
+            await first.get("/github/repos")  # stale: the refresh runs in the background and holds the lease
+            assert await eventually(lambda: len(standin.calls_to(LIST)) == 2)
+            during = (await second.get("/health/ready")).json()["checks"]["github"]
+            first_worker = (await first.get("/health/ready")).json()["checks"]["github"]["worker"]
+        finally:
+            standin.hold.set()
     assert before["last_refresh"].endswith("Z") and not before.get("leases")
     assert [(lease["key"], lease["holder"]) for lease in during["leases"]] == [("octo-dev/repositories", first_worker)]
     assert during["worker"] != first_worker
