@@ -159,6 +159,15 @@ def server_side_connections(port: int) -> tuple[int, int]:
     return established, unread
 
 
+def connection_refused(port: int) -> bool:
+    """Whether a new connection to `port` is refused (accepted into a backlog does not count)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 @pytest.mark.parametrize("target", ["parent", "process group"])
 def test_with_two_workers_sigterm_refuses_new_connections_at_once_and_finishes_in_flight_ones(
     tmp_path: Path, target: str
@@ -187,7 +196,10 @@ def test_with_two_workers_sigterm_refuses_new_connections_at_once_and_finishes_i
                 process.send_signal(signal.SIGTERM)
             else:
                 os.killpg(process.pid, signal.SIGTERM)
-            time.sleep(0.3)
+            # Each process closes the shared listening socket at its own pace (uvicorn looks every 0.1 s);
+            # the kernel refuses connections once the last one has. The held requests are still in flight.
+            wait_for(lambda: connection_refused(port))
+            assert results == [], "new connections must be refused before the in-flight requests finish"
             for _ in range(5):
                 with pytest.raises(ConnectionRefusedError):
                     socket.create_connection(("127.0.0.1", port), timeout=2).close()

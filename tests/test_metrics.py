@@ -168,11 +168,12 @@ async def test_cache_lookups_by_resource_and_state(make_settings: Callable[..., 
 
     base = {"METRICS_TOKEN": TOKEN, "GITHUB_OWNER": standin.owner, "GITHUB_API_URL": standin.url}
     # An expired copy within GITHUB_STALE_TTL is served at once ("stale") while it is refreshed behind it.
-    async with running(create_app(make_settings(**base, GITHUB_CACHE_TTL="0.2"))) as client:
+    # The TTL is wide enough that the second read, right after the first, is surely a hit on a loaded machine.
+    async with running(create_app(make_settings(**base, GITHUB_CACHE_TTL="2"))) as client:
         before = await scrape(client)
         await client.get("/github/repos")  # miss (and an owner miss behind it)
         await client.get("/github/repos")  # hit
-        await anyio.sleep(0.3)  # past GITHUB_CACHE_TTL
+        await anyio.sleep(2.1)  # past GITHUB_CACHE_TTL
         await client.get("/github/repos")  # stale
         after = await scrape(client)
     assert states(before, after) == {"hit": 1, "miss": 1, "revalidated": 0, "stale": 1}

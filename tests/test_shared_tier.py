@@ -4,6 +4,7 @@ one PostgreSQL database, against the GitHub stand-in that counts calls."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -67,11 +68,13 @@ async def test_another_process_adopts_the_copy_without_calling_github(standin, p
 
 
 async def test_an_expired_copy_is_refreshed_once_for_every_process(standin, process) -> None:  # type: ignore[no-untyped-def]
-    async with process(GITHUB_CACHE_TTL="0.5") as first, process(GITHUB_CACHE_TTL="0.5") as second:
+    # A TTL wide enough that each copy stays fresh while the other process adopts it, even on a loaded
+    # machine: otherwise the second would find it expired and refresh again, and GitHub would count 3.
+    async with process(GITHUB_CACHE_TTL="3") as first, process(GITHUB_CACHE_TTL="3") as second:
         await first.get("/github/repos")
         await second.get("/github/repos")
         standin.repos[0]["stargazers_count"] = 4242  # GitHub's data changes: the refresh brings new bytes
-        await anyio.sleep(0.6)
+        await anyio.sleep(3.1)
         stale = await gather([first.get("/github/repos?forks=true&limit=100"), second.get("/github/repos?forks=true&limit=100")])
 
         def refreshed(response: httpx.Response) -> bool:
@@ -154,23 +157,26 @@ async def test_same_token_revalidates_with_the_validators_another_process_stored
 
 
 async def test_a_dead_holders_lease_lapses_after_the_timeout(standin, process) -> None:  # type: ignore[no-untyped-def]
-    async with process(GITHUB_TIMEOUT="1.5") as client:
+    # The visitor's wait is bounded by one timeout (3 s); waiting out the lease loop's own limit (two
+    # timeouts) would take 6 s. The bound at 4.5 s leaves room for a loaded machine on both sides.
+    async with process(GITHUB_TIMEOUT="3") as client:
         store = app_of(client).state.announcements.store
         assert isinstance(store, SqlStore)
         # A process took the list's lease and died before storing anything.
         claimed_at = time.monotonic()
         claim, _ = await anyio.to_thread.run_sync(
-            lambda: SharedSql(store).claim("octo-dev/repositories", holder="dead:1:0000", now=time.time(), ttl=300, lease=1.5)
+            lambda: SharedSql(store).claim("octo-dev/repositories", holder="dead:1:0000", now=time.time(), ttl=300, lease=3)
         )
         assert claim.claimed
+        asked_at = time.monotonic()
         first = await client.get("/github/repos")  # nothing to serve: waits for the holder, one timeout at most
-        answered = time.monotonic() - claimed_at
+        answered = time.monotonic() - asked_at
         later = await poll(lambda: client.get("/github/repos"), until=lambda r: r.status_code == 200)
-    assert first.status_code in (200, 504) and answered < 1.5 + 0.5
+    assert first.status_code in (200, 504) and answered < 3 + 1.5
     assert later.status_code == 200
     calls = standin.calls_to(LIST)
     assert len(calls) == 1, "one process fetches once the lease has lapsed"
-    assert calls[0].at - claimed_at >= 1.4, "nobody fetches while the lease is live"
+    assert calls[0].at - claimed_at >= 2.9, "nobody fetches while the lease is live"
 
 
 async def test_a_cache_hit_makes_no_database_call(standin, process) -> None:  # type: ignore[no-untyped-def]
@@ -210,15 +216,19 @@ def _drop_shared_tables(store: SqlStore) -> None:
 
 
 async def test_readiness_names_the_last_refresh_and_the_lease_holder(standin, process) -> None:  # type: ignore[no-untyped-def]
-    async with process(GITHUB_CACHE_TTL="0.2") as first, process(GITHUB_CACHE_TTL="0.2") as second:
+    # The first's lease lasts its GITHUB_TIMEOUT: 10 s, so it is surely live while the second looks.
+    async with process(GITHUB_CACHE_TTL="0.2", GITHUB_TIMEOUT="10") as first, process(GITHUB_CACHE_TTL="0.2") as second:
         await first.get("/github/repos")
         before = (await second.get("/health/ready")).json()["checks"]["github"]
-        standin.delay = 1.0
-        await anyio.sleep(0.3)
-        await first.get("/github/repos")  # stale: the refresh runs in the background and holds the lease
-        assert await eventually(lambda: len(standin.calls_to(LIST)) == 2)
-        during = (await second.get("/health/ready")).json()["checks"]["github"]
-        first_worker = (await first.get("/health/ready")).json()["checks"]["github"]["worker"]
+        standin.hold = threading.Event()  # GitHub answers only once the test has looked
+        try:
+            await anyio.sleep(0.3)
+            await first.get("/github/repos")  # stale: the refresh runs in the background and holds the lease
+            assert await eventually(lambda: len(standin.calls_to(LIST)) == 2)
+            during = (await second.get("/health/ready")).json()["checks"]["github"]
+            first_worker = (await first.get("/health/ready")).json()["checks"]["github"]["worker"]
+        finally:
+            standin.hold.set()
     assert before["last_refresh"].endswith("Z") and not before.get("leases")
     assert [(lease["key"], lease["holder"]) for lease in during["leases"]] == [("octo-dev/repositories", first_worker)]
     assert during["worker"] != first_worker

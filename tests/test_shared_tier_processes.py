@@ -81,19 +81,20 @@ def access_lines(log: Path) -> list[dict[str, object]]:
     ]
 
 
-def steady_traffic(urls: list[str], seconds: float, paths: list[str]) -> int:
-    """Each server asked in turn, about 40 requests a second in all, for `seconds`; the count sent. Each
-    request on a new connection, so every worker takes some."""
+def steady_traffic(urls: list[str], seconds: float, paths: list[str], *, at_least: int) -> tuple[int, float]:
+    """Each server asked in turn, at most about 40 requests a second in all, for `seconds` and at least
+    `at_least` requests (longer on a slow machine, up to a minute); the count sent and the seconds it took.
+    Each request on a new connection, so every worker takes some."""
     sent = 0
-    stop = time.monotonic() + seconds
+    started = time.monotonic()
     with contextlib.ExitStack() as stack:
         clients = [stack.enter_context(httpx.Client(base_url=url, timeout=10)) for url in urls]
-        while time.monotonic() < stop:
+        while (elapsed := time.monotonic() - started) < seconds or (sent < at_least and elapsed < 60):
             response = clients[sent % len(clients)].get(paths[sent % len(paths)], headers={"Connection": "close"})
             assert response.status_code == 200, response.text
             sent += 1
             time.sleep(0.025)
-    return sent
+    return sent, time.monotonic() - started
 
 
 def test_four_processes_fetch_the_list_about_once_per_ttl_and_listed_repositories_cost_nothing(deployment, standin) -> None:  # type: ignore[no-untyped-def]
@@ -109,11 +110,11 @@ def test_four_processes_fetch_the_list_about_once_per_ttl_and_listed_repositorie
         deployment(GITHUB_CACHE_TTL=str(ttl)) as (first, _, first_log),
         deployment(GITHUB_CACHE_TTL=str(ttl)) as (second, _, second_log),
     ):
-        sent = steady_traffic([first, second], seconds, paths)
-    periods = math.ceil(seconds / ttl)
+        sent, took = steady_traffic([first, second], seconds, paths, at_least=200)
+    periods = math.ceil(took / ttl)
     lists = len(standin.calls_to(LIST))
     workers = {line["pid"] for log in (first_log, second_log) for line in access_lines(log)}
-    assert sent > 200 and len(workers) == 4, f"the traffic reached {len(workers)} worker processes"
+    assert sent >= 200 and len(workers) == 4, f"{sent} requests reached {len(workers)} worker processes"
     assert lists <= periods + 1, f"{lists} list fetches over {periods} TTL periods by four processes"
     assert not standin.calls_to("/repos/"), "a listed repository must cost no call of its own"
 
@@ -152,7 +153,7 @@ def test_restart_during_an_outage_serves_the_last_good_copy(deployment, standin)
     assert single.status_code == 200 and single.headers["x-cache"] == "stale"
 
 
-def test_webhook_refreshes_every_process_within_2_seconds(deployment, standin) -> None:  # type: ignore[no-untyped-def]
+def test_webhook_refreshes_every_process_within_about_a_second(deployment, standin) -> None:  # type: ignore[no-untyped-def]
     servers_env = {"GITHUB_CACHE_TTL": "300", "GITHUB_WEBHOOK_SECRET": SECRET}
     with deployment(**servers_env) as (first, _, first_log), deployment(**servers_env) as (second, _, second_log):
         servers = [(first, first_log), (second, second_log)]
@@ -176,18 +177,25 @@ def test_webhook_refreshes_every_process_within_2_seconds(deployment, standin) -
         accepted = httpx.post(
             f"{first}/github/webhook", content=body, headers=delivery_headers(SECRET, body, event="star", delivery=delivery)
         )
-        answers: list[tuple[tuple[str, int | None], float, bool]] = []  # (server, worker pid), seconds after, fresh
+        # (server, worker pid), seconds after the delivery that the request was sent, fresh
+        answers: list[tuple[tuple[str, int], float, bool]] = []
+        unlogged: list[str] = []  # requests whose access line never appeared
 
         def ask(url: str, log: Path) -> None:
             request_id = uuid.uuid4().hex
-            response = get(url, EVERYTHING, **{"X-Request-ID": request_id})
+            # Timed when sent: a stale answer to a request sent at t means the worker was still stale after t.
             after = time.monotonic() - delivered
-            wait_until(lambda: served_by(log, request_id) is not None, timeout=1)
-            answers.append(((url, served_by(log, request_id)), after, stars(response) == 9999))
+            response = get(url, EVERYTHING, **{"X-Request-ID": request_id})
+            if not wait_until(lambda: served_by(log, request_id) is not None, timeout=10):
+                unlogged.append(request_id)
+                return
+            pid = served_by(log, request_id)
+            assert pid is not None
+            answers.append(((url, pid), after, stars(response) == 9999))
 
-        # Rounds of concurrent requests, so both workers of each server take some, for 3 s (longer if a
-        # worker has not answered yet).
-        while time.monotonic() - delivered < 3.0 or (len({w for w, _, _ in answers}) < 4 and time.monotonic() - delivered < 10):
+        # Rounds of concurrent requests, so both workers of each server take some, for 4 s (longer if a
+        # worker has not answered yet): past the 3 s bound below, so a late worker is caught being stale.
+        while time.monotonic() - delivered < 4.0 or (len({w for w, _, _ in answers}) < 4 and time.monotonic() - delivered < 10):
             round_ = [threading.Thread(target=ask, args=server) for server in servers for _ in range(3)]
             for thread in round_:
                 thread.start()
@@ -202,10 +210,12 @@ def test_webhook_refreshes_every_process_within_2_seconds(deployment, standin) -
     assert unsigned.status_code == 401 and forged.status_code == 401
     assert all(stars(r) != 9999 and r.headers["x-cache"] == "hit" for r in unchanged)
     assert accepted.status_code == 202
+    assert not unlogged, f"no access line for requests {unlogged}"
     workers = {worker for worker, _, fresh in answers if fresh}
-    assert len(workers) == 4 and None not in workers, f"every worker of both servers answered: {workers}"
-    late = [(worker, round(after, 2)) for worker, after, fresh in answers if not fresh and after >= 2.0]
-    assert not late, f"stale answers 2 s or more after the delivery: {late}"
+    assert len(workers) == 4, f"every worker of both servers answered: {workers}"
+    # Promised: about a second (a watcher's round, then the refresh); a generous bound for a loaded machine.
+    late = [(worker, round(after, 2)) for worker, after, fresh in answers if not fresh and after >= 3.0]
+    assert not late, f"stale answers to requests sent 3 s or more after the delivery: {late}"
     assert replayed.status_code == 200 and replayed.json()["outcome"] == "duplicate"
     assert refreshes == 1 and after_replay == 1, "one refresh for all four processes, none for the replay"
     for worker in sorted(workers, key=str):  # the refresh latency of each worker lies between these two

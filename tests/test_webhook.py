@@ -60,7 +60,7 @@ def starred(standin: GitHubStandIn, name: str = "project-001", count: int = 9999
     next(r for r in standin.repos if r["name"] == name)["stargazers_count"] = count
 
 
-async def test_signed_delivery_refreshes_every_process_within_2_seconds(standin, process) -> None:  # type: ignore[no-untyped-def]
+async def test_signed_delivery_refreshes_every_process_within_about_a_second(standin, process) -> None:  # type: ignore[no-untyped-def]
     async with process() as receiver, process() as other:
         for client in (receiver, other):
             assert stars(await client.get(EVERYTHING)) != 9999
@@ -75,7 +75,10 @@ async def test_signed_delivery_refreshes_every_process_within_2_seconds(standin,
             assert stars(fresh) == 9999
         single = await other.get("/github/repos/project-001")
     assert response.status_code == 202 and response.json()["outcome"] == "refreshing"
-    assert max(latencies) < 2.0, f"refreshed after {latencies} s"
+    # Promised: about a second (each process looks at the shared change counter every WATCH_EVERY = 1 s,
+    # then refreshes). A generous bound for a loaded machine, still failing for a process that looks only
+    # every few seconds; one that never looks would keep its 5-minute copy and time out the poll above.
+    assert max(latencies) < 3.0, f"refreshed after {latencies} s"
     assert single.json()["stargazers_count"] == 9999
     assert len(standin.calls_to(LIST)) == 2  # the first fetch, and one refresh for both processes
 
