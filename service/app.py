@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 from starlette.types import ASGIApp
@@ -93,6 +92,7 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         body_limits={"/github/webhook": WEBHOOK_MAX_BODY_BYTES},
         cors=cors,
+        handlers=EXCEPTION_HANDLERS,
     )
     app = Service(
         routes=[
@@ -103,18 +103,19 @@ def create_app(
             Route("/metrics", metrics.MetricsEndpoint(settings.metrics_token, series), methods=["GET"]),
         ],
         middleware=[edge],
-        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     return app
 
 
 class Service(Starlette):
-    """Starlette, less the ServerErrorMiddleware it puts outside everything: EdgeMiddleware is the
-    outermost layer and answers every error itself, so that one only cost time on every request."""
+    """Starlette, less the two layers it puts around the routes, ServerErrorMiddleware outside and
+    ExceptionMiddleware inside: EdgeMiddleware is the outermost layer and answers every error itself,
+    through the exception handlers it is given, so those two would only cost time on every request
+    (about 1.6 µs of a 14 µs /health, bench scenario 11)."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        app: ASGIApp = ExceptionMiddleware(self.router, handlers=self.exception_handlers, debug=self.debug)
+        app: ASGIApp = self.router
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
         return app

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -48,7 +49,7 @@ async def test_valid_incoming_request_id_is_echoed(client: httpx.AsyncClient, in
 async def test_invalid_incoming_request_id_is_replaced(client: httpx.AsyncClient, incoming: str) -> None:
     response = await client.get("/health", headers={"X-Request-ID": incoming.encode()})
     generated = response.headers["x-request-id"]
-    assert generated != incoming and len(generated) == 24
+    assert generated != incoming and re.fullmatch("[0-9a-f]{16}", generated)
 
 
 async def test_generated_request_ids_differ(client: httpx.AsyncClient) -> None:
@@ -74,6 +75,37 @@ async def test_an_app_sending_the_same_prepared_messages_each_time_gets_the_head
     for response in responses:
         assert [name for name, _ in response.headers.multi_items()].count("x-request-id") == 1
     assert start["headers"] == [(b"content-length", b"2")]
+
+
+async def test_the_edge_answers_exceptions_through_the_handlers_it_is_given(caplog: pytest.LogCaptureFixture) -> None:
+    """The edge does ExceptionMiddleware's work: a handler by the exception's class or a base class; a
+    handler that fails, or none, is the generic 500; too late to answer (the response began), only logged."""
+
+    async def by_base_class(request: Request, exc: Exception) -> Response:
+        return Response(f"handled {type(exc).__name__} at {request.url.path}", status_code=409)
+
+    async def failing(request: Request, exc: Exception) -> Response:
+        raise RuntimeError("the handler itself broke")
+
+    async def raises(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/late":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+            await send({"type": "http.response.body", "body": b"sent"})
+            raise KeyError("after the start")
+        raise {"/key": KeyError, "/value": ValueError, "/type": TypeError}[scope["path"]]("boom")
+
+    app = EdgeMiddleware(raises, access_log=False, handlers={LookupError: by_base_class, ValueError: failing})
+    async with running_raw(app) as client:
+        key, value, other, late = [await client.get(path) for path in ("/key", "/value", "/type", "/late")]
+    assert (key.status_code, key.text) == (409, "handled KeyError at /key")
+    assert key.headers["x-request-id"] and key.headers["x-content-type-options"] == "nosniff"
+    assert_problem(value, 500)
+    assert_problem(other, 500)
+    assert (late.status_code, late.text) == (200, "sent")  # nothing more is sent: the handler is not asked
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert [str(record.exc_info[1]) for record in errors if record.exc_info] == [
+        "the handler itself broke", "boom", "'after the start'"
+    ]  # fmt: skip
 
 
 # -- access log ------------------------------------------------------------------------------
@@ -307,9 +339,10 @@ async def test_answers_of_the_edge_itself_carry_cors_headers_too(make_settings: 
                 await client.post("/_test/notes", content=b"x" * 101, headers={**origin, "content-type": "application/json"}),
                 await client.get("/_test/slow", headers=origin),
                 await client.get("/_test/boom", headers=origin),
+                await client.get("/nope", headers=origin),  # a route's error, answered through its handler
             ]
             elsewhere = await client.get("/_test/boom", headers={"Origin": "https://evil.example"})
-    for response, status in zip(answers, (413, 504, 500)):
+    for response, status in zip(answers, (413, 504, 500, 404), strict=True):
         assert_problem(response, status)
         assert response.headers["access-control-allow-origin"] == "https://site.example"
         assert "x-request-id" in response.headers["access-control-expose-headers"].lower()

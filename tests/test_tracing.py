@@ -87,6 +87,8 @@ async def test_incoming_trace_reaches_the_access_line_and_the_github_call(
         version, trace_id, parent_id, flags = call.headers["traceparent"].split("-")
         assert (version, trace_id, flags) == ("00", TRACE_ID, "01")
         assert parent_id != PARENT_ID and len(parent_id) == 16  # this service's own span is the parent of its call
+        # No X-Request-ID was sent: the request is known by its span's id, in the header and the log line.
+        assert parent_id == response.headers["x-request-id"]
 
 
 @pytest.mark.parametrize("value", INVALID + [TRACEPARENT + "\t, " + TRACEPARENT])
