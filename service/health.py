@@ -33,7 +33,7 @@ _health = BytesResponse.of(_encoder.encode(HealthResponse(api=API_NAME, version=
 
 
 async def ready(request: Request) -> Response:
-    probes: dict[str, ReadinessProbe] = request.app.state.readiness
+    probes: dict[str, ReadinessProbe] = request.scope["app"].readiness  # service.app.Service
     checks = {name: await probe() for name, probe in probes.items()}
     ok = all(check.status == "ok" for check in checks.values())
     body = Readiness(status="ready" if ok else "unavailable", checks=checks)

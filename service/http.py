@@ -16,7 +16,8 @@ from typing import Literal
 
 import brotli
 from starlette.requests import Request
-from starlette.routing import Route
+from starlette._utils import get_route_path
+from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 Headers = list[tuple[bytes, bytes]]
@@ -330,3 +331,39 @@ def route(path: str, **handlers: Callable[[Request], Awaitable[ASGIApp]]) -> Rou
     for every other method."""
     endpoint = Endpoint(**handlers)
     return Route(path, endpoint, methods=endpoint.methods)
+
+
+class StaticFirstRouter(Router):
+    """Starlette's router, which tries every route's pattern in turn (a regular expression and a scope
+    each, about 0.3 µs a route), with one shortcut: a path without parameters that no earlier route
+    could take, asked with a method its route allows, is found in a dict. Everything else — parameters,
+    405, 404, redirects, routes added later — goes the usual way, so the answer is always the one the
+    ordered search would give. The table is rebuilt when the list of routes changes length."""
+
+    def __init__(self, routes: list[BaseRoute], **options: object) -> None:
+        super().__init__(routes, **options)  # type: ignore[arg-type]
+        self._static: dict[str, Route] = {}
+        self._static_for = -1
+
+    def _static_routes(self) -> dict[str, Route]:
+        if self._static_for != len(self.routes):
+            table: dict[str, Route] = {}
+            for n, route in enumerate(self.routes):
+                if isinstance(route, Route) and not route.param_convertors and route.methods:
+                    # Any earlier route that could take the path (or is not a plain Route) keeps it off the table.
+                    if not any(not isinstance(other, Route) or other.path_regex.match(route.path) for other in self.routes[:n]):
+                        table.setdefault(route.path, route)
+            self._static, self._static_for = table, len(self.routes)
+        return self._static
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            route = self._static_routes().get(get_route_path(scope))
+            if route is not None and route.methods is not None and scope["method"] in route.methods:
+                scope.setdefault("router", self)
+                scope["route"] = route
+                scope["endpoint"] = route.endpoint
+                scope["path_params"] = dict(scope.get("path_params", ()))
+                await route.app(scope, receive, send)
+                return
+        await super().app(scope, receive, send)

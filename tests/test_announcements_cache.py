@@ -28,7 +28,7 @@ POST = {"title": "New talk on Friday", "body": "About **async** Python.", "tags"
 
 
 def announcements_of(app: Starlette) -> Announcements:
-    announcements: Announcements = app.state.announcements
+    announcements: Announcements = app.announcements
     return announcements
 
 

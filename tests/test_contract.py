@@ -52,7 +52,7 @@ def test_stateful_links_create_read_update_delete(make_settings: Callable[..., S
     class Workflow(stateful.as_state_machine()):
         def setup(self) -> None:
             """Every example starts from an empty store, so the same example draws the same way twice."""
-            store = getattr(app.state, "announcements", None)
+            store = getattr(app, "announcements", None)
             if store is not None:  # the lifespan has run
                 for item in store.store.list(now=datetime.now(UTC), limit=10_000, tag=None, include_all=True, after=None):
                     store.store.delete(item.id, if_match=None)

@@ -30,12 +30,12 @@ async def test_ready_lists_each_dependency_and_fails_when_one_fails(client: http
     async def broken() -> Check:
         return Check("failing", "connection refused")
 
-    app.state.readiness = {"fine": fine}
+    app.readiness = {"fine": fine}
     ok = await client.get("/health/ready")
     assert ok.status_code == 200
     assert ok.json() == {"status": "ready", "checks": {"fine": {"status": "ok", "detail": "all good"}}}
 
-    app.state.readiness = {"fine": fine, "database": broken}
+    app.readiness = {"fine": fine, "database": broken}
     failing = await client.get("/health/ready")
     assert failing.status_code == 503
     assert failing.json()["status"] == "unavailable"

@@ -143,7 +143,7 @@ async def test_github_calls_by_outcome_and_the_rate_limit_left(make_settings: Ca
             assert ((await client.get("/github/owner")).status_code, n) == (status, n)
             # The refresh may outlive the visitor's wait by a moment (the 504): the next step must not join it.
             for _ in range(100):
-                if not app.state.github.cache._refreshing:
+                if not app.github.cache._refreshing:
                     break
                 await anyio.sleep(0.05)
             if n == 0:

@@ -160,7 +160,7 @@ async def test_a_dead_holders_lease_lapses_after_the_timeout(standin, process) -
     # The visitor's wait is bounded by one timeout (3 s); waiting out the lease loop's own limit (two
     # timeouts) would take 6 s. The bound at 4.5 s leaves room for a loaded machine on both sides.
     async with process(GITHUB_TIMEOUT="3") as client:
-        store = app_of(client).state.announcements.store
+        store = app_of(client).announcements.store
         assert isinstance(store, SqlStore)
         # A process took the list's lease and died before storing anything.
         claimed_at = time.monotonic()
@@ -183,7 +183,7 @@ async def test_a_cache_hit_makes_no_database_call(standin, process) -> None:  # 
     async with process() as client:
         await client.get("/github/repos")
         await client.get("/github/repos/project-001")
-        shared = app_of(client).state.github.cache.shared
+        shared = app_of(client).github.cache.shared
         calls: list[str] = []
         original = shared._call
 
@@ -200,7 +200,7 @@ async def test_a_cache_hit_makes_no_database_call(standin, process) -> None:  # 
 
 async def test_without_the_shared_tables_each_process_serves_on_its_own(standin, process, database_url: str) -> None:  # type: ignore[no-untyped-def]
     async with process() as client:
-        store = app_of(client).state.announcements.store
+        store = app_of(client).announcements.store
         await anyio.to_thread.run_sync(lambda: _drop_shared_tables(store))
         first = await client.get("/github/repos/project-001")
         second = await client.get("/github/repos")

@@ -23,7 +23,7 @@ _parsed_query = QueryParser(ListQuery)
 
 
 def _announcements(request: Request) -> Announcements:
-    announcements: Announcements = request.app.state.announcements
+    announcements: Announcements = request.scope["app"].announcements  # service.app.Service
     return announcements
 
 

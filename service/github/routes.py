@@ -48,7 +48,7 @@ async def get_owner(request: Request) -> BytesResponse:
 
 
 def _github(request: Request) -> GitHubClient:
-    github: GitHubClient = request.app.state.github
+    github: GitHubClient = request.scope["app"].github  # service.app.Service
     return github
 
 

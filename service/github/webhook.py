@@ -162,7 +162,7 @@ def _answer(status: int, receipt: Receipt) -> BytesResponse:
 
 
 async def receive_webhook(request: Request) -> BytesResponse:
-    receiver: WebhookReceiver = request.app.state.github_webhook
+    receiver: WebhookReceiver = request.scope["app"].github_webhook  # service.app.Service
     try:
         return await receiver.receive(request)
     except ApiError as exc:  # refused (401 bad signature, 404 off, 400, 415, 503): counted, then answered as a problem
