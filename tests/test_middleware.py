@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -16,7 +17,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
 from service.middleware import EdgeMiddleware
@@ -106,6 +107,45 @@ async def test_the_edge_answers_exceptions_through_the_handlers_it_is_given(capl
     assert [str(record.exc_info[1]) for record in errors if record.exc_info] == [
         "the handler itself broke", "boom", "'after the start'"
     ]  # fmt: skip
+
+
+def test_the_running_loop_is_looked_up_once_per_loop_not_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio.get_running_loop() makes a getpid() system call on Python 3.11, so the edge asks once per
+    loop, not per request; a new loop in the same thread is noticed, and each request is still its own
+    task (a slow one is cut off at its deadline, the others are answered)."""
+    looked_up: list[int] = []
+    real = asyncio.get_running_loop
+    monkeypatch.setattr(asyncio, "get_running_loop", lambda: looked_up.append(1) or real())
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/slow":
+            await asyncio.Event().wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    edge = EdgeMiddleware(app, access_log=False, timeout=0.3)
+
+    async def requests() -> list[int]:
+        async def one(path: str) -> int:
+            sent: list[Message] = []
+
+            async def receive() -> Message:
+                return {"type": "http.request", "body": b""}
+
+            async def send(message: Message) -> None:
+                sent.append(message)
+
+            scope = {"type": "http", "method": "GET", "path": path, "headers": [], "client": None}
+            await edge(scope, receive, send)
+            return int(sent[0]["status"])
+
+        loop = real()
+        tasks = [loop.create_task(one(path)) for path in ["/"] * 20 + ["/slow"]]
+        return list(await asyncio.wait_for(asyncio.gather(*tasks), 10))
+
+    for _ in range(2):  # two loops, one after the other, in this thread
+        assert asyncio.run(requests()) == [200] * 20 + [504]
+    assert len(looked_up) == 2
 
 
 # -- access log ------------------------------------------------------------------------------
