@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
+from service import tracing
+
 PROBLEM_JSON = "application/problem+json"
 logger = logging.getLogger("service.errors")
 
@@ -112,8 +114,9 @@ class ServiceUnavailable(ApiError):
 
 
 def request_id_of(scope: Scope) -> str | None:
-    state = scope.get("state")
-    return state.get("request_id") if state else None
+    """The id of the request being answered (service.middleware.EdgeMiddleware gives every request one)."""
+    ids = tracing.current.get()
+    return ids.request_id if ids is not None else None
 
 
 def problem_response(

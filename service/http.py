@@ -341,6 +341,7 @@ class StaticFirstRouter(Router):
     ordered search would give. The table is rebuilt when the list of routes changes length."""
 
     def __init__(self, routes: list[BaseRoute], **options: object) -> None:
+        assert not options.get("middleware"), "router middleware would be skipped by __call__"
         super().__init__(routes, **options)  # type: ignore[arg-type]
         self._static: dict[str, Route] = {}
         self._static_for = -1
@@ -356,7 +357,9 @@ class StaticFirstRouter(Router):
             self._static, self._static_for = table, len(self.routes)
         return self._static
 
-    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # In place of Router.__call__, which only awaits `app` (this router takes no middleware of its
+        # own): one coroutine fewer for every request.
         if scope["type"] == "http":
             route = self._static_routes().get(get_route_path(scope))
             if route is not None and route.methods is not None and scope["method"] in route.methods:
@@ -366,4 +369,4 @@ class StaticFirstRouter(Router):
                 scope["path_params"] = dict(scope.get("path_params", ()))
                 await route.app(scope, receive, send)
                 return
-        await super().app(scope, receive, send)
+        await self.app(scope, receive, send)

@@ -10,10 +10,11 @@ import functools
 import os
 import re
 import sys
-import threading
 import time
 import weakref
+from asyncio import current_task
 from collections.abc import Awaitable, Callable, Mapping
+from threading import get_ident
 from typing import IO, Any
 
 import msgspec
@@ -99,7 +100,7 @@ class EdgeMiddleware:
         self.body_limits = dict(body_limits or {})  # exact path -> its own limit (GitHub's webhook deliveries)
         self.handlers = dict(handlers or {})  # exception class -> the handler that answers it (Starlette's signature)
         self._exchanges: dict[asyncio.Task[Any], _Exchange] = {}
-        self._loops: dict[int, asyncio.AbstractEventLoop] = {}  # by thread (see _running)
+        self._loops: dict[int, asyncio.AbstractEventLoop] = {}  # by thread (see __call__)
         self._sweeping: asyncio.AbstractEventLoop | None = None  # the loop the sweeper is armed on
         # With PYTHONUNBUFFERED (Heroku's default) sys.stdout.buffer is the raw file: every write is a
         # system call. Lines are therefore gathered here and written together, at most 50 ms apart.
@@ -107,13 +108,14 @@ class EdgeMiddleware:
         self.encoder = msgspec.json.Encoder()
         self.pid = os.getpid()  # tells the workers of one dyno apart
         self._pending = bytearray()
+        self._clients: dict[tuple[str, int], str] = {}  # client address -> its "host:port" in access lines
         _unflushed.add(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming_id, parent, declared = _incoming(scope)
+        incoming_id, parent, declared, body = _incoming(scope)
         # Without a valid X-Request-ID from the caller, the request's id is its span's: random, 64 bits,
         # drawn anyway, and it ties the access line to the trace.
         otel = self.otel
@@ -127,45 +129,45 @@ class EdgeMiddleware:
         else:
             span, token, ids = otel.start_server_span(scope["method"], scope["path"], parent, incoming_id)
         request_id = ids.request_id
-        scope.setdefault("state", {})["request_id"] = request_id
         # Not reset when the request ends: the server gives each request a task (a context) of its own.
         tracing.current.set(ids)
         started = time.perf_counter_ns()
-        loop, task = self._running()
+        # The running loop and the request's task. On Python 3.11 asyncio.get_running_loop() makes a
+        # getpid() system call each time (its check against a fork): strace counted 1.06 a request under
+        # load, none since. The loop is therefore remembered per thread and trusted only while it runs a
+        # task in this thread; a loop that is not running has no current task (a new loop, as in tests).
+        thread = get_ident()
+        loop = self._loops.get(thread)
+        task = current_task(loop) if loop is not None else None
+        if task is None:
+            loop = self._loops[thread] = asyncio.get_running_loop()
+            task = current_task(loop)
+        assert loop is not None and task is not None
         exchange = self._exchanges[task] = _Exchange(loop.time() + self.timeout)
         if self._sweeping is not loop:  # not armed, or armed on a loop that has ended (tests run several)
             self._sweeping = loop
             loop.call_later(self.SWEEP_EVERY, self._sweep, loop)
-        added = ((b"x-request-id", request_id.encode()), _NOSNIFF)
+        id_header = (b"x-request-id", request_id.encode())
 
         # A function that returns send's awaitable, not a coroutine of its own: it runs for every message.
         def send_with_headers(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.start":
                 exchange.status = message["status"]
                 # A new message and list: an app may send the same prepared ones on every request.
-                message = {**message, "headers": [*message.get("headers", ()), *added]}
+                message = dict(message)
+                message["headers"] = [*message.get("headers", ()), id_header, _NOSNIFF]
             return send(message)
 
-        limit = self.body_limits.get(scope["path"], self.max_body_bytes)
-        received = 0
-
-        async def receive_limited() -> Message:
-            nonlocal received
-            exchange.receiving = True
-            message = await receive()
-            exchange.receiving = message.get("more_body", False)
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise PayloadTooLarge(_too_large(limit))
-            return message
-
         try:
-            if declared is not None and declared > limit:
-                response = problem_response(scope, 413, slug="payload-too-large", detail=_too_large(limit))
-                await self._answer(response, scope, receive, send_with_headers)
+            if not body:  # nothing can arrive: `receive` is passed as it is (a closure fewer per request)
+                await self.app(scope, receive, send_with_headers)
             else:
-                await self.app(scope, receive_limited, send_with_headers)
+                limit = self.body_limits.get(scope["path"], self.max_body_bytes)
+                if declared is not None and declared > limit:
+                    response = problem_response(scope, 413, slug="payload-too-large", detail=_too_large(limit))
+                    await self._answer(response, scope, receive, send_with_headers)
+                else:
+                    await self.app(scope, _limited(receive, exchange, limit), send_with_headers)
         except ClientDisconnect:
             exchange.status = CLIENT_CLOSED_REQUEST  # nobody is left to answer
         except asyncio.CancelledError:
@@ -211,22 +213,6 @@ class EdgeMiddleware:
         exc.__traceback__ = None  # an exception instance raised again would keep growing its traceback
         return response
 
-    def _running(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]:
-        """The running loop and the request's task. On Python 3.11 asyncio.get_running_loop() makes a
-        getpid() system call each time (its check against a fork): strace counted 1.06 a request under
-        load, none since. The loop is therefore remembered per thread and trusted only while it is
-        running a task in this thread: a loop that is not running has no current task, and then the real
-        one is looked up (a new loop, as in tests)."""
-        thread = threading.get_ident()
-        loop = self._loops.get(thread)
-        task = asyncio.current_task(loop) if loop is not None else None
-        if task is None:
-            loop = self._loops[thread] = asyncio.get_running_loop()
-            task = asyncio.current_task(loop)
-            assert task is not None
-        assert loop is not None
-        return loop, task
-
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
         for task, exchange in list(self._exchanges.items()):
@@ -251,6 +237,18 @@ class EdgeMiddleware:
 
     def _log(self, scope: Scope, status: int, elapsed_ns: int, ids: RequestIds) -> None:
         client = scope.get("client")
+        address = None
+        if client:
+            # A keep-alive connection asks many times: its "host:port" is made once (a third of the cost).
+            # Only a tuple is kept: the ASGI spec allows any pair, and a list is no dict key.
+            cacheable = type(client) is tuple
+            address = self._clients.get(client) if cacheable else None
+            if address is None:
+                address = f"{client[0]}:{client[1]}"
+                if cacheable:
+                    if len(self._clients) >= 4096:
+                        self._clients.clear()
+                    self._clients[client] = address
         line = AccessLine(
             time.time_ns() // 1_000_000 / 1000,  # to the millisecond, as round(t, 3) but a third of its cost
             "info",
@@ -262,7 +260,7 @@ class EdgeMiddleware:
             elapsed_ns // 1000 / 1000,  # milliseconds to the microsecond
             ids.request_id,
             ids.trace_id,
-            f"{client[0]}:{client[1]}" if client else None,
+            address,
             self.pid,
         )
         pending = self._pending
@@ -302,28 +300,51 @@ def _flush_at_exit() -> None:
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 
-def _incoming(scope: Scope) -> tuple[str | None, TraceParent | None, int | None]:
-    """The caller's valid X-Request-ID and traceparent, and the declared Content-Length, in one pass over
-    the headers. Two traceparent headers are as invalid as a malformed one (W3C Trace Context §3.2)."""
-    request_id: bytes | None = None
-    traceparents: list[bytes] = []
-    length: bytes | None = None
-    for key, value in scope["headers"]:
-        if key == b"content-length":
-            if length is None:
-                length = value
-        elif key == b"x-request-id":
-            if request_id is None:
-                request_id = value
-        elif key == b"traceparent":
-            traceparents.append(value)
+def _incoming(scope: Scope) -> tuple[str | None, TraceParent | None, int | None, bool]:
+    """The caller's valid X-Request-ID and traceparent, the declared Content-Length, and whether a body
+    may follow: in HTTP/1 only with Content-Length or Transfer-Encoding (RFC 9112 §6.3); HTTP/2 and 3
+    frame a body without either. The first of repeated headers counts; two traceparent headers are as
+    invalid as a malformed one (W3C Trace Context §3.2).
+
+    The headers go into a dict in C rather than through a loop in Python: behind Heroku's router a
+    request has twenty or so, and the loop cost about 1,000 instructions a header (callgrind)."""
+    headers = scope["headers"]
+    found = dict(reversed(headers))
+    request_id = found.get(b"x-request-id")
     valid_id = request_id.decode("ascii") if request_id is not None and _VALID_REQUEST_ID.fullmatch(request_id) else None
-    parent = parse_traceparent(bytes(traceparents[0])) if len(traceparents) == 1 else None
+    traceparent = found.get(b"traceparent")
+    parent = None
+    if traceparent is not None and sum(key == b"traceparent" for key, _ in headers) == 1:
+        parent = parse_traceparent(bytes(traceparent))
+    length = found.get(b"content-length")
     declared = None
     if length is not None:
         with contextlib.suppress(ValueError):
             declared = int(length)
-    return valid_id, parent, declared
+    body = length is not None or b"transfer-encoding" in found or scope.get("http_version", "1.1") not in _HTTP1
+    return valid_id, parent, declared, body
+
+
+_HTTP1 = ("1.1", "1.0")
+
+
+def _limited(receive: Receive, exchange: _Exchange, limit: int) -> Receive:
+    """`receive`, raising PayloadTooLarge once the body passes `limit` bytes, and telling `exchange`
+    while the body is still arriving (a timeout then is the client's: 408)."""
+    received = 0
+
+    async def receive_limited() -> Message:
+        nonlocal received
+        exchange.receiving = True
+        message = await receive()
+        exchange.receiving = message.get("more_body", False)
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise PayloadTooLarge(_too_large(limit))
+        return message
+
+    return receive_limited
 
 
 class _Exchange(msgspec.Struct, gc=False):

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
+from service.errors import EXCEPTION_HANDLERS
 from service.middleware import EdgeMiddleware
 from service.settings import Settings
 from tests.support import ROOT, app_with_test_routes, assert_problem, eventually, running
@@ -169,6 +170,31 @@ async def test_access_log_is_one_json_line_per_request() -> None:
     assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
 
 
+async def test_access_lines_name_each_client_whatever_pair_the_server_gives() -> None:
+    """The "host:port" of a connection is remembered; a server may give the client as a list (the ASGI spec
+    allows any pair), which cannot be remembered by, and is still written."""
+    stream = io.BytesIO()
+
+    async def ok(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    edge = EdgeMiddleware(ok, stream=stream)
+
+    async def ignore(message: Message) -> None:
+        pass
+
+    async def nothing() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    for client in [("10.0.0.1", 5), ["10.0.0.2", 6], ("10.0.0.1", 5), ("10.0.0.1", 7)]:
+        scope = {"type": "http", "http_version": "1.1", "method": "GET", "path": "/", "headers": [], "client": client}
+        await edge(scope, nothing, ignore)
+    edge.flush()
+    clients = [json.loads(line)["client"] for line in stream.getvalue().splitlines()]
+    assert clients == ["10.0.0.1:5", "10.0.0.2:6", "10.0.0.1:5", "10.0.0.1:7"]
+
+
 class CountingRawStream(io.RawIOBase):
     """Like sys.stdout.buffer under PYTHONUNBUFFERED (Heroku's default): each write is a system call."""
 
@@ -309,6 +335,40 @@ async def test_streamed_body_far_over_limit_is_413(make_settings: Callable[..., 
         response = await client.post("/_test/notes", content=chunks(), headers={"content-type": "application/json"})
     assert "content-length" not in response.request.headers
     assert_problem(response, 413)
+
+
+async def test_a_body_is_bounded_without_length_or_chunking_where_http_2_frames_it() -> None:
+    """HTTP/1 sends a body only with Content-Length or Transfer-Encoding, so a request with neither is not
+    watched; HTTP/2 frames a body without either, and that one still is."""
+    received: list[bytes] = []
+
+    async def reader(scope: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            received.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def answer(http_version: str, chunks: list[bytes]) -> int:
+        inbox = [{"type": "http.request", "body": chunk, "more_body": n < len(chunks) - 1} for n, chunk in enumerate(chunks)]
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return inbox.pop(0)
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "http_version": http_version, "method": "POST", "path": "/", "raw_path": b"/",
+                 "query_string": b"", "headers": [], "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 80)}  # fmt: skip
+        edge = EdgeMiddleware(reader, access_log=False, max_body_bytes=10, handlers=EXCEPTION_HANDLERS)
+        await edge(scope, receive, send)
+        return int(sent[0]["status"])
+
+    assert await answer("2", [b"x" * 8, b"x" * 8, b""]) == 413
+    assert await answer("1.1", [b""]) == 200 and received[-1] == b""
 
 
 # -- time limits -----------------------------------------------------------------------------
