@@ -9,6 +9,11 @@ Scenario 11 uses it to show where the time goes.
 runs APP's lifespan, answers PATH once (filling caches), then 64 keep-alive connections ask for PATH in
 turn, N requests per repeat, best of 5 repeats; writes {"us": µs per request, "status": ..., "bytes": ...}.
 Access lines go to stdout, as in production: run it with stdout sent to /dev/null.
+
+With --instructions it times nothing: run under `valgrind --tool=callgrind --instr-atstart=no`, it switches
+callgrind's counting on for one repeat of N requests only (start-up, imports and warm-up are not counted),
+so the output file's total divided by N is the instructions a request costs. That count is the same run
+after run, whatever else the machine is doing, which no timing on a shared machine is.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -61,7 +68,7 @@ class MemoryTransport(asyncio.Transport):
         return 0
 
 
-async def measure(config: Config, path: str, requests: int) -> dict[str, object]:
+async def measure(config: Config, path: str, requests: int, *, instructions: bool = False) -> dict[str, object]:
     state = ServerState()
     loop = asyncio.get_running_loop()
     connections = []
@@ -85,21 +92,31 @@ async def measure(config: Config, path: str, requests: int) -> dict[str, object]
         await asyncio.sleep(0.01)
     await serve(requests // 10)
     best = float("inf")
-    for _ in range(5):
+    if instructions:
+        _count_instructions(True)
+        await serve(requests)
+        _count_instructions(False)
+    for _ in range(0 if instructions else 5):
         started = time.perf_counter()
         await serve(requests)
         best = min(best, (time.perf_counter() - started) / (max(1, requests // CONNECTIONS) * CONNECTIONS))
     head = connections[0][1].head
-    return {"us": best * 1e6, "status": int(head.split(b" ", 2)[1]) if head else 0, "head": head.decode("latin-1")}
+    served = max(1, requests // CONNECTIONS) * CONNECTIONS
+    return {"us": None if instructions else best * 1e6, "requests": served, "status": int(head.split(b" ", 2)[1]) if head else 0, "head": head.decode("latin-1")}
 
 
-async def run(app: str, path: str, *, factory: bool, requests: int) -> dict[str, object]:
+def _count_instructions(on: bool) -> None:
+    """Switch callgrind's instrumentation of this process on or off (through its gdb server)."""
+    subprocess.run(["callgrind_control", "--instr=" + ("on" if on else "off"), str(os.getpid())], check=True, stdout=subprocess.DEVNULL)
+
+
+async def run(app: str, path: str, *, factory: bool, requests: int, instructions: bool = False) -> dict[str, object]:
     config = Config(app=app, factory=factory, lifespan="on", access_log=False, log_level="warning", server_header=False)
     config.load()
     lifespan = LifespanOn(config)
     await lifespan.startup()
     try:
-        return await measure(config, path, requests)
+        return await measure(config, path, requests, instructions=instructions)
     finally:
         await lifespan.shutdown()
 
@@ -113,8 +130,9 @@ def main() -> None:
     parser.add_argument("path")
     parser.add_argument("--factory", action="store_true")
     parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--instructions", action="store_true", help="count instructions under callgrind instead of timing")
     args = parser.parse_args()
-    result = uvloop.run(run(args.app, args.path, factory=args.factory, requests=args.requests))
+    result = uvloop.run(run(args.app, args.path, factory=args.factory, requests=args.requests, instructions=args.instructions))
     args.out.write_text(json.dumps(result))
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -440,33 +442,74 @@ def time_per_request(env: dict[str, object], profile: Profile) -> list[Outcome]:
         ("this service (hit)", "service.app:app", "/github/repos", ours),
     ]
     requests = 2_048 if profile is SMOKE else 19_200
+    counted = 640 if profile is SMOKE else 2_560  # under callgrind, about 50 times slower
+    counting = shutil.which("valgrind") is not None and shutil.which("callgrind_control") is not None
     measured = []
     with tempfile.TemporaryDirectory() as scratch:
         for n, (label, app, path, extra) in enumerate(contenders):
-            out = Path(scratch) / f"{n}.json"
-            argv = ["taskset", "-c", harness.SERVER_CPU, str(harness.BIN / "python"), "-m", "bench.inprocess", str(out), app, path,
-                    "--requests", str(requests), *(["--factory"] if app.startswith("bench.variants") else [])]  # fmt: skip
-            full_env = {**os.environ, "PYTHONPATH": str(ROOT), **{k: v for k, v in extra.items() if k != "PORT"}}
-            subprocess.run(argv, env=full_env, cwd=str(env["workdir"]), stdout=subprocess.DEVNULL, check=True, timeout=300)
-            result = json.loads(out.read_text())
-            if result["status"] != 200:
-                raise RuntimeError(f"{label} {path} answered {result['status']}")
-            measured.append((label, path, float(result["us"])))
-    floor = next(us for label, path, us in measured if label == "bare Starlette")
-    table = [(label, path, f"{us:.1f} µs", f"{floor / us:.2f}×") for label, path, us in measured]
-    by = {(label, path): us for label, path, us in measured}
-    edge = by[("this service, ACCESS_LOG=false", "/health")] - by[("this service without EdgeMiddleware (bench-only variant)", "/health")]
-    access = by[("this service", "/health")] - by[("this service, ACCESS_LOG=false", "/health")]
+            full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0", **{k: v for k, v in extra.items() if k != "PORT"}}
+            us = _in_process(Path(scratch) / str(n), app, path, requests, full_env, str(env["workdir"]))
+            instructions = _instructions(Path(scratch) / f"{n}i", app, path, counted, full_env, str(env["workdir"])) if counting else 0.0
+            measured.append((label, path, us, instructions))
+    floor = next(us for label, path, us, _ in measured if label == "bare Starlette")
+    floor_ir = next(ir for label, path, _, ir in measured if label == "bare Starlette")
+    table = [(label, path, f"{us:.1f} µs", f"{floor / us:.2f}×",
+              f"{ir / 1000:.1f} k" if ir else "–", f"{floor_ir / ir:.3f}×" if ir and floor_ir else "–")
+             for label, path, us, ir in measured]  # fmt: skip
+    by = {(label, path): (us, ir) for label, path, us, ir in measured}
+    lean = by[("this service, ACCESS_LOG=false", "/health")]
+    edgeless = by[("this service without EdgeMiddleware (bench-only variant)", "/health")]
+    full = by[("this service", "/health")]
+    notes = [
+        "uvicorn's own HTTP/1.1 protocol answers 64 keep-alive connections through an in-memory transport: parsing, "
+        "the app and header writing, without the kernel's share (the same for every contender, and what makes the "
+        "ratios over real sockets in scenarios 1 and 2 closer to 1 than these).",
+        f"EdgeMiddleware without its access line costs {lean[0] - edgeless[0]:.1f} µs a request here (request id, trace "
+        f"ids, deadline, the two headers it adds); the JSON access line {full[0] - lean[0]:.1f} µs more.",
+        "Time: best of 5 repeats per contender, each in its own process pinned to the servers' core.",
+    ]
+    if counting:
+        notes.append(
+            f"Instructions: the same requests ({counted:,} a contender) under valgrind's callgrind, counted on the event "
+            "loop's thread only, from the first request to the last (bench.inprocess --instructions). Unlike the times, "
+            "these counts repeat to within a few tenths of a percent run after run, however busy the machine. "
+            f"EdgeMiddleware costs {(lean[1] - edgeless[1]) / 1000:.1f} k instructions, the access line "
+            f"{(full[1] - lean[1]) / 1000:.1f} k."
+        )
+    else:
+        notes.append("Instructions: not counted, valgrind is not installed.")
     return [Outcome(
         "11. Where the time goes: Python per request, in process (uvicorn's HTTP protocol, no sockets)",
-        table=[("Contender", "path", "per request", "bare Starlette /health = 1"), *table],
-        notes=["uvicorn's own HTTP/1.1 protocol answers 64 keep-alive connections through an in-memory transport: "
-               "parsing, the app and header writing, without the kernel's share (the same for every contender, and "
-               "what makes the ratios over real sockets in scenarios 1 and 2 closer to 1 than these).",
-               f"EdgeMiddleware without its access line costs {edge:.1f} µs a request here (request id, trace ids, "
-               f"deadline, the two headers it adds); the JSON access line {access:.1f} µs more.",
-               "Best of 5 repeats per contender, each in its own process pinned to the servers' core."],  # fmt: skip
+        table=[("Contender", "path", "per request", "bare Starlette /health = 1", "instructions", "bare Starlette /health = 1"), *table],
+        notes=notes,
     )]
+
+
+def _in_process(out: Path, app: str, path: str, requests: int, env: dict[str, str], cwd: str) -> float:
+    """Microseconds per request (best of 5 repeats)."""
+    argv = ["taskset", "-c", harness.SERVER_CPU, str(harness.BIN / "python"), "-m", "bench.inprocess", str(out), app, path,
+            "--requests", str(requests), *(["--factory"] if app.startswith("bench.variants") else [])]  # fmt: skip
+    subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, check=True, timeout=300)
+    result = json.loads(out.read_text())
+    if result["status"] != 200:
+        raise RuntimeError(f"{app} {path} answered {result['status']}")
+    return float(result["us"])
+
+
+def _instructions(out: Path, app: str, path: str, requests: int, env: dict[str, str], cwd: str) -> float:
+    """Instructions per request on the event loop's thread (callgrind's first thread file); 0 where
+    valgrind is missing."""
+    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes", f"--callgrind-out-file={out}.cg",
+            str(harness.BIN / "python"), "-m", "bench.inprocess", str(out), app, path, "--requests", str(requests), "--instructions",
+            *(["--factory"] if app.startswith("bench.variants") else [])]  # fmt: skip
+    subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=600)
+    result = json.loads(out.read_text())
+    if result["status"] != 200:
+        raise RuntimeError(f"{app} {path} answered {result['status']} under callgrind")
+    totals = re.search(r"^totals: (\d+)", Path(f"{out}.cg-01").read_text(), re.MULTILINE)
+    if totals is None:
+        raise RuntimeError(f"no totals in callgrind's output for {app} {path}")
+    return int(totals[1]) / int(result["requests"])
 
 
 def everything(profile: Profile) -> tuple[list[Outcome], dict[str, str]]:
