@@ -20,6 +20,8 @@ from service.settings import Settings, settings_or_exit
 
 def uvicorn_options(settings: Settings) -> dict[str, object]:
     """How the web process runs on Heroku: behind its router, inside its shutdown window."""
+    from service.connections import UVICORN_HTTP
+
     return {
         "host": settings.host,
         "port": settings.port,
@@ -27,7 +29,7 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "proxy_headers": True,
         "forwarded_allow_ips": "*",  # only Heroku's router can reach a dyno
         "timeout_keep_alive": 100,  # above the router's 90 s idle timeout, so the router closes first
-        "http": "service.connections:BoundedHeadProtocol",  # closes connections that never finish a request head
+        "http": UVICORN_HTTP,  # closes connections that never finish a request head
         "timeout_graceful_shutdown": 20,  # in-flight requests get 20 s of Heroku's 30 s before SIGKILL
         "server_header": False,  # no "Server: uvicorn": what runs the service is nobody else's business
         "access_log": False,  # the service writes its own JSON access line

@@ -1,0 +1,94 @@
+"""The bound on request heads (service.connections.BoundedHeadProtocol), driven in process through uvicorn's
+own protocol with HEAD_TIMEOUT made short; tests/test_faults_server.py checks the same over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from starlette.types import Receive, Scope, Send
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from service import connections
+
+pytestmark = pytest.mark.anyio
+HEAD = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def write(self, data: Any) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+@pytest.fixture
+def short_timeout(monkeypatch: pytest.MonkeyPatch) -> float:
+    monkeypatch.setattr(connections, "HEAD_TIMEOUT", 0.4)
+    monkeypatch.setattr(connections, "CHECK_EVERY", 0.05)
+    return 0.4
+
+
+def connection(answer_after: float) -> tuple[connections.BoundedHeadProtocol, Transport]:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(answer_after)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = Config(app=app, http="service.connections:BoundedHeadProtocol", lifespan="off", log_level="warning")
+    config.load()
+    protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg]
+    assert isinstance(protocol, connections.BoundedHeadProtocol)
+    transport = Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def test_a_connection_that_sends_nothing_or_part_of_a_head_is_closed_after_the_timeout(short_timeout: float) -> None:
+    silent, silent_transport = connection(answer_after=0)
+    partial, partial_transport = connection(answer_after=0)
+    partial.data_received(HEAD[:20])
+    await asyncio.sleep(short_timeout * 0.75)
+    assert not silent_transport.closed and not partial_transport.closed  # not before the timeout
+    await asyncio.sleep(short_timeout * 0.75)
+    assert silent_transport.closed and partial_transport.closed
+    assert silent_transport.written == partial_transport.written == b""  # closed without an answer
+
+
+async def test_after_an_answer_idle_keep_alive_stays_open_and_the_next_head_is_bounded_again(short_timeout: float) -> None:
+    protocol, transport = connection(answer_after=0)
+    protocol.data_received(HEAD)
+    await asyncio.sleep(short_timeout * 2)  # answered at once, then idle: uvicorn's keep-alive applies
+    assert transport.written.startswith(b"HTTP/1.1 200") and not transport.closed
+    protocol.data_received(HEAD[:20])  # the next request's head begins, and stalls
+    await asyncio.sleep(short_timeout * 1.5)
+    assert transport.closed
+
+
+async def test_a_pipelined_head_waiting_on_a_slow_answer_is_not_the_clients_delay(short_timeout: float) -> None:
+    protocol, transport = connection(answer_after=short_timeout * 3)
+    protocol.data_received(HEAD + HEAD[:20])  # a request, and the start of the next while the first is answered
+    await asyncio.sleep(short_timeout * 2.5)
+    assert not transport.closed and transport.written == b""
+    await asyncio.sleep(short_timeout * 2)  # answered at 3 timeouts; the second head is the client's from then on
+    assert transport.written.startswith(b"HTTP/1.1 200") and transport.closed
