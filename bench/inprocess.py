@@ -110,8 +110,10 @@ def _count_instructions(on: bool) -> None:
     subprocess.run(["callgrind_control", "--instr=" + ("on" if on else "off"), str(os.getpid())], check=True, stdout=subprocess.DEVNULL)
 
 
-async def run(app: str, path: str, *, factory: bool, requests: int, instructions: bool = False) -> dict[str, object]:
-    config = Config(app=app, factory=factory, lifespan="on", access_log=False, log_level="warning", server_header=False)
+async def run(
+    app: str, path: str, *, factory: bool, requests: int, instructions: bool = False, http: str = "httptools"
+) -> dict[str, object]:
+    config = Config(app=app, factory=factory, lifespan="on", access_log=False, log_level="warning", server_header=False, http=http)
     config.load()
     lifespan = LifespanOn(config)
     await lifespan.startup()
@@ -131,8 +133,10 @@ def main() -> None:
     parser.add_argument("--factory", action="store_true")
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--instructions", action="store_true", help="count instructions under callgrind instead of timing")
+    parser.add_argument("--http", default="httptools", help="uvicorn's HTTP protocol (a class, as in its --http option)")
     args = parser.parse_args()
-    result = uvloop.run(run(args.app, args.path, factory=args.factory, requests=args.requests, instructions=args.instructions))
+    options = {"factory": args.factory, "requests": args.requests, "instructions": args.instructions, "http": args.http}
+    result = uvloop.run(run(args.app, args.path, **options))
     args.out.write_text(json.dumps(result))
 
 

@@ -19,6 +19,7 @@ import httpx
 
 from bench import harness
 from bench.harness import ROOT, Series, server, uvicorn
+from service.connections import UVICORN_HTTP
 
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 
@@ -485,10 +486,16 @@ def time_per_request(env: dict[str, object], profile: Profile) -> list[Outcome]:
     )]
 
 
+def _options(app: str) -> list[str]:
+    """bench.inprocess's options for `app`: this service runs with the connection protocol its Procfile uses."""
+    ours = not app.startswith("bench.peers.")
+    return [*(["--factory"] if app.startswith("bench.variants") else []), *(["--http", UVICORN_HTTP] if ours else [])]
+
+
 def _in_process(out: Path, app: str, path: str, requests: int, env: dict[str, str], cwd: str) -> float:
     """Microseconds per request (best of 5 repeats)."""
     argv = ["taskset", "-c", harness.SERVER_CPU, str(harness.BIN / "python"), "-m", "bench.inprocess", str(out), app, path,
-            "--requests", str(requests), *(["--factory"] if app.startswith("bench.variants") else [])]  # fmt: skip
+            "--requests", str(requests), *_options(app)]  # fmt: skip
     subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, check=True, timeout=300)
     result = json.loads(out.read_text())
     if result["status"] != 200:
@@ -501,7 +508,7 @@ def _instructions(out: Path, app: str, path: str, requests: int, env: dict[str, 
     valgrind is missing."""
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes", f"--callgrind-out-file={out}.cg",
             str(harness.BIN / "python"), "-m", "bench.inprocess", str(out), app, path, "--requests", str(requests), "--instructions",
-            *(["--factory"] if app.startswith("bench.variants") else [])]  # fmt: skip
+            *_options(app)]  # fmt: skip
     subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=600)
     result = json.loads(out.read_text())
     if result["status"] != 200:
