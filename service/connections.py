@@ -20,9 +20,9 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     request, or it is closed without an answer (at most CHECK_EVERY later). The body is the app's to bound
     (REQUEST_TIMEOUT, 408).
 
-    Nothing runs per request: one timer per connection looks every CHECK_EVERY seconds at what uvicorn
-    already keeps, and closes the connection if the same unfinished head has been waiting for
-    HEAD_TIMEOUT. (Hooks on the parser's per-request callbacks cost 7,500 instructions a request, 4% of
+    Nothing runs per request: one timer per connection wakes every CHECK_EVERY seconds for as long as the
+    connection is this protocol's, looks at what uvicorn already keeps, and closes the connection if the
+    same unfinished head has been waiting for HEAD_TIMEOUT. (Hooks on the parser's per-request callbacks cost 7,500 instructions a request, 4% of
     a /health, bench scenario 11.) A head is unfinished when uvicorn has begun a request (`scope`) that
     no request cycle has taken yet; while a response is being written, a pipelined head waits on us, not
     on the client, and is not counted.
@@ -47,6 +47,9 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def _check_head(self) -> None:
+        if self not in self.connections:  # handed over (a WebSocket upgrade) or gone: not ours to bound
+            self._head_timer = None
+            return
         now = self.loop.time()
         cycle, scope = self.cycle, getattr(self, "scope", None)  # uvicorn sets `scope` when a head begins
         if cycle is not None and (not cycle.response_complete or cycle.scope is scope):
@@ -56,7 +59,10 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         if waiting is None:
             self._waiting = None
         elif waiting is not self._waiting:
-            self._waiting, self._waiting_since = waiting, now  # first seen now: begun at most CHECK_EVERY ago
+            # A head first seen now began at most CHECK_EVERY ago; the first one's clock runs from the opening.
+            if self._waiting is not _NOTHING_YET:
+                self._waiting_since = now
+            self._waiting = waiting
         elif now - self._waiting_since >= HEAD_TIMEOUT:
             self._head_timer = None
             self.transport.close()

@@ -341,8 +341,9 @@ class StaticFirstRouter(Router):
     ordered search would give. The table is rebuilt when the list of routes changes length."""
 
     def __init__(self, routes: list[BaseRoute], **options: object) -> None:
-        assert not options.get("middleware"), "router middleware would be skipped by __call__"
         super().__init__(routes, **options)  # type: ignore[arg-type]
+        # Router middleware (or max_body_size) would wrap `app`, and __call__ would skip it.
+        assert self.middleware_stack == self.app, "StaticFirstRouter takes no router middleware"
         self._static: dict[str, Route] = {}
         self._static_for = -1
 

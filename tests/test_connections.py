@@ -38,6 +38,12 @@ class Transport(asyncio.Transport):
     def pause_reading(self) -> None:
         pass
 
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.protocol
+
     def resume_reading(self) -> None:
         pass
 
@@ -51,6 +57,11 @@ def short_timeout(monkeypatch: pytest.MonkeyPatch) -> float:
 
 def connection(answer_after: float) -> tuple[connections.BoundedHeadProtocol, Transport]:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.accept"})
+            await asyncio.sleep(30)
+            return
         await asyncio.sleep(answer_after)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
@@ -92,3 +103,22 @@ async def test_a_pipelined_head_waiting_on_a_slow_answer_is_not_the_clients_dela
     assert not transport.closed and transport.written == b""
     await asyncio.sleep(short_timeout * 2)  # answered at 3 timeouts; the second head is the client's from then on
     assert transport.written.startswith(b"HTTP/1.1 200") and transport.closed
+
+
+async def test_the_first_head_is_timed_from_the_opening_not_from_its_first_byte(short_timeout: float) -> None:
+    protocol, transport = connection(answer_after=0)
+    await asyncio.sleep(short_timeout * 0.75)
+    protocol.data_received(HEAD[:1])  # a byte just before the time is up does not buy another HEAD_TIMEOUT
+    await asyncio.sleep(short_timeout * 0.6)
+    assert transport.closed
+
+
+async def test_an_upgraded_connection_is_no_longer_bounded(short_timeout: float) -> None:
+    protocol, transport = connection(answer_after=0)
+    transport.set_protocol(protocol)
+    upgrade = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+    protocol.data_received(upgrade)
+    await asyncio.sleep(short_timeout * 2)
+    assert transport.written.startswith(b"HTTP/1.1 101") and transport.get_protocol() is not protocol
+    assert not transport.closed
