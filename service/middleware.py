@@ -14,6 +14,7 @@ import time
 import weakref
 from asyncio import current_task
 from collections.abc import Awaitable, Callable, Mapping
+from operator import countOf, itemgetter
 from threading import get_ident
 from typing import IO, Any
 
@@ -314,7 +315,7 @@ def _incoming(scope: Scope) -> tuple[str | None, TraceParent | None, int | None,
     valid_id = request_id.decode("ascii") if request_id is not None and _VALID_REQUEST_ID.fullmatch(request_id) else None
     traceparent = found.get(b"traceparent")
     parent = None
-    if traceparent is not None and sum(key == b"traceparent" for key, _ in headers) == 1:
+    if traceparent is not None and countOf(map(_NAME, headers), b"traceparent") == 1:  # counted in C
         parent = parse_traceparent(bytes(traceparent))
     length = found.get(b"content-length")
     declared = None
@@ -326,6 +327,7 @@ def _incoming(scope: Scope) -> tuple[str | None, TraceParent | None, int | None,
 
 
 _HTTP1 = ("1.1", "1.0")
+_NAME = itemgetter(0)
 
 
 def _limited(receive: Receive, exchange: _Exchange, limit: int) -> Receive:
