@@ -22,10 +22,10 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     Nothing runs per request: one timer per connection wakes every CHECK_EVERY seconds for as long as the
     connection is this protocol's, looks at what uvicorn already keeps, and closes the connection if the
-    same unfinished head has been waiting for HEAD_TIMEOUT. (Hooks on the parser's per-request callbacks cost 7,500 instructions a request, 4% of
-    a /health, bench scenario 11.) A head is unfinished when uvicorn has begun a request (`scope`) that
-    no request cycle has taken yet; while a response is being written, a pipelined head waits on us, not
-    on the client, and is not counted.
+    same unfinished head has been waiting for HEAD_TIMEOUT. (Hooks on the parser's per-request callbacks
+    cost 7,500 instructions a request, 4% of a /health, bench scenario 11.) A head is unfinished when
+    uvicorn has begun a request (`scope`) that no request cycle has taken yet; while a response is being
+    written, a pipelined head waits on us, not on the client, and is not counted.
     """
 
     # Slots, not instance attributes: three more keys in uvicorn's instance dict made its own attribute
@@ -59,8 +59,9 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         if waiting is None:
             self._waiting = None
         elif waiting is not self._waiting:
-            # A head first seen now began at most CHECK_EVERY ago; the first one's clock runs from the opening.
-            if self._waiting is not _NOTHING_YET:
+            # A later head, first seen now, began at most CHECK_EVERY ago; the first head's clock (no cycle
+            # yet) runs from the opening.
+            if cycle is not None:
                 self._waiting_since = now
             self._waiting = waiting
         elif now - self._waiting_since >= HEAD_TIMEOUT:

@@ -122,3 +122,17 @@ async def test_an_upgraded_connection_is_no_longer_bounded(short_timeout: float)
     await asyncio.sleep(short_timeout * 2)
     assert transport.written.startswith(b"HTTP/1.1 101") and transport.get_protocol() is not protocol
     assert not transport.closed
+
+
+async def test_a_later_head_gets_the_whole_timeout_even_when_the_first_was_quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first head's clock starts with the connection; a later one's when it is first seen."""
+    monkeypatch.setattr(connections, "HEAD_TIMEOUT", 0.4)
+    monkeypatch.setattr(connections, "CHECK_EVERY", 0.3)
+    protocol, transport = connection(answer_after=0)
+    await asyncio.sleep(0.25)
+    protocol.data_received(HEAD + HEAD[:20])  # answered at once; the next head begins 0.25 s after the opening
+    await asyncio.sleep(0.5)
+    # Timed from the opening it was cut off at the check at 0.6 s, only 0.35 s into it.
+    assert transport.written.startswith(b"HTTP/1.1 200") and not transport.closed
+    await asyncio.sleep(0.35)
+    assert transport.closed
