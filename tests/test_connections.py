@@ -1,14 +1,20 @@
-"""The bound on request heads (service.connections.BoundedHeadProtocol), driven in process through uvicorn's
-own protocol with HEAD_TIMEOUT made short; tests/test_faults_server.py checks the same over real sockets."""
+"""What uvicorn runs for each connection (service.connections): the bound on request heads, driven in process
+through uvicorn's own protocol with HEAD_TIMEOUT made short (tests/test_faults_server.py checks the same over
+real sockets), and the quick response heads, checked against uvicorn's own request cycle."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.types import Receive, Scope, Send
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.server import ServerState
 
 from service import connections
@@ -136,3 +142,129 @@ async def test_a_later_head_gets_the_whole_timeout_even_when_the_first_was_quick
     assert transport.written.startswith(b"HTTP/1.1 200") and not transport.closed
     await asyncio.sleep(0.35)
     assert transport.closed
+
+
+# Response heads: QuickHeadCycle against uvicorn's own RequestResponseCycle.
+
+DATE = [(b"date", b"Tue, 24 Nov 2026 19:00:00 GMT")]
+header_names = st.sampled_from(
+    [b"content-type", b"Content-Type", b"x-request-id", b"content-length", b"Content-Length", b"transfer-encoding",
+     b"Connection", b"cache-control", b"bad name", b"x\x00y", b"", b"vary"]
+) | st.binary(max_size=6)  # fmt: skip
+header_values = st.sampled_from(
+    [b"0", b"2", b"5", b"-1", b" 3", b"1_0", b"abc", b"chunked", b"close", b"keep-alive, Close", b"nosniff",
+     b"a\r\nb", b"\tok", b"\x7f", "é".encode()]
+) | st.binary(max_size=6)  # fmt: skip
+starts = st.fixed_dictionaries(
+    {"type": st.just("http.response.start"),
+     "status": st.sampled_from([200, 204, 304, 404, 599, 600, 99, "200"]),
+     "headers": st.lists(st.tuples(header_names, header_values), max_size=6)}
+)  # fmt: skip
+bodies = st.fixed_dictionaries(
+    {"type": st.sampled_from(["http.response.body", "http.response.body", "http.response.start"]),
+     "body": st.binary(max_size=6)},
+    optional={"more_body": st.booleans()},
+)  # fmt: skip
+
+
+def written_by(
+    cycle_class: type[RequestResponseCycle],
+    method: str,
+    keep_alive: bool,
+    defaults: list[tuple[bytes, bytes]],
+    messages: list[dict[str, Any]],
+    expect_100: bool = False,
+) -> list[Any]:
+    """What a cycle writes and becomes, message by message, with the error each message raised."""
+    transport = Transport()
+    completed: list[bool] = []
+    cycle = cycle_class(
+        scope={"type": "http", "method": method},  # type: ignore[typeddict-item]  # all that send reads
+        transport=transport,
+        flow=FlowControl(transport),
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test.access"),
+        access_log=False,
+        default_headers=defaults,
+        message_event=asyncio.Event(),
+        expect_100_continue=expect_100,
+        keep_alive=keep_alive,
+        on_response=lambda: completed.append(True),
+    )
+    seen: list[Any] = []
+    for message in messages:
+        sending = cycle.send(message)  # type: ignore[arg-type]
+        try:
+            sending.send(None)
+            raise AssertionError("send waited, with the transport never paused")
+        except StopIteration:
+            error = None
+        except Exception as exc:
+            error = (type(exc), str(exc))
+        seen.append((error, transport.written, transport.closed, len(completed), cycle.response_started,
+                     cycle.response_complete, cycle.chunked_encoding, cycle.expected_content_length, cycle.keep_alive,
+                     cycle.waiting_for_100_continue))  # fmt: skip
+    return seen
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "HEAD"]),
+    keep_alive=st.booleans(),
+    expect_100=st.booleans(),
+    defaults=st.sampled_from([[], DATE, [(b"Date", b"x"), (b"server", b"uvicorn")], [(b"content-length", b"0")],
+                              [(b"x-bad", b"a\nb")]]),  # fmt: skip
+    start=starts,
+    rest=st.lists(bodies, max_size=3),
+)
+def test_a_quick_head_writes_what_uvicorn_writes_and_fails_where_it_fails(
+    method: str, keep_alive: bool, expect_100: bool, defaults: list[tuple[bytes, bytes]], start: dict[str, Any],
+    rest: list[dict[str, Any]],
+) -> None:
+    messages = [start, *rest]
+    ours = written_by(connections.QuickHeadCycle, method, keep_alive, defaults, messages, expect_100)
+    assert ours == written_by(RequestResponseCycle, method, keep_alive, defaults, messages, expect_100)
+
+
+def test_headers_given_as_an_iterator_reach_uvicorn_whole() -> None:
+    def messages() -> list[dict[str, Any]]:
+        headers = iter([(b"x-a", b"b"), (b"x-b", b"a\nb")])  # read once: uvicorn must see the bad one too
+        return [{"type": "http.response.start", "status": 200, "headers": headers}]
+
+    ours = written_by(connections.QuickHeadCycle, "GET", True, DATE, messages())
+    assert ours == written_by(RequestResponseCycle, "GET", True, DATE, messages())
+    assert ours[0][0] == (RuntimeError, "Invalid HTTP header value.")
+
+
+def test_the_plain_response_takes_the_quick_path_and_others_reach_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The property above holds trivially if every message went to uvicorn; this is the check it does not."""
+    reached: list[str] = []
+
+    async def uvicorns_send(self: RequestResponseCycle, message: Any) -> None:
+        reached.append(message["type"])
+
+    monkeypatch.setattr(RequestResponseCycle, "send", uvicorns_send)
+    plain: list[dict[str, Any]] = [
+        {"type": "http.response.start", "status": 200, "headers": [(b"Content-Length", b"2"), (b"x-a", b"b")]},
+        {"type": "http.response.body", "body": b"ok"},
+    ]
+    assert written_by(connections.QuickHeadCycle, "GET", True, DATE, plain)[-1][1] == (
+        b"HTTP/1.1 200 OK\r\ndate: Tue, 24 Nov 2026 19:00:00 GMT\r\ncontent-length: 2\r\nx-a: b\r\n\r\nok"
+    )
+    assert reached == []
+    streamed: list[dict[str, Any]] = [
+        {"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"b")]},
+        {"type": "http.response.body", "body": b"o", "more_body": True},
+    ]
+    written_by(connections.QuickHeadCycle, "GET", True, DATE, streamed)
+    assert reached == ["http.response.body"]  # chunked: the head is quick, the body uvicorn's
+    written_by(connections.QuickHeadCycle, "GET", True, DATE, [{**plain[0], "headers": [(b"x-a", b"a\nb")]}])
+    assert reached == ["http.response.body", "http.response.start"]
+
+
+async def test_the_protocol_answers_through_the_quick_cycle() -> None:
+    protocol, transport = connection(answer_after=0)
+    protocol.data_received(HEAD)
+    await asyncio.sleep(0.05)
+    assert type(protocol.cycle) is connections.QuickHeadCycle
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n") and transport.written.endswith(b"\r\n\r\nok")
