@@ -262,6 +262,20 @@ def test_the_plain_response_takes_the_quick_path_and_others_reach_uvicorn(monkey
     assert reached == ["http.response.body", "http.response.start"]
 
 
+def test_the_headers_remembered_as_checked_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connections, "_KNOWN_HEADERS", 3)
+    monkeypatch.setattr(connections, "_checked", {})
+    long = (b"x-long", b"v" * (connections._KNOWN_VALUE_BYTES + 1))
+    for n in range(10):
+        headers = [(b"x-request-id", str(n).encode()), (b"content-length", b"0"), long]
+        messages: list[dict[str, Any]] = [{"type": "http.response.start", "status": 200, "headers": headers}]
+        assert written_by(connections.QuickHeadCycle, "GET", True, DATE, messages) == written_by(
+            RequestResponseCycle, "GET", True, DATE, messages
+        )
+        assert 0 < len(connections._checked) <= 3
+    assert (b"x-request-id", b"9") in connections._checked and long not in connections._checked
+
+
 async def test_the_protocol_answers_through_the_quick_cycle() -> None:
     protocol, transport = connection(answer_after=0)
     protocol.data_received(HEAD)
