@@ -155,16 +155,30 @@ header_values = st.sampled_from(
     [b"0", b"2", b"5", b"-1", b" 3", b"1_0", b"abc", b"chunked", b"close", b"keep-alive, Close", b"nosniff",
      b"a\r\nb", b"\tok", b"\x7f", "é".encode()]
 ) | st.binary(max_size=6)  # fmt: skip
+# What the ASGI spec lets an app send, beyond bytes in tuples: lists, one-shot iterables, other bytes-likes.
+shapes = st.sampled_from([tuple, tuple, tuple, list, iter])
+def as_text(data: bytes) -> str:
+    return data.decode("latin-1")
+
+
+kinds = st.sampled_from([bytes, bytes, bytes, bytes, memoryview, bytearray, type("Bytes", (bytes,), {}), as_text])
 starts = st.fixed_dictionaries(
     {"type": st.just("http.response.start"),
      "status": st.sampled_from([200, 204, 304, 404, 599, 600, 99, "200"]),
-     "headers": st.lists(st.tuples(header_names, header_values), max_size=6)}
+     "headers": st.lists(st.tuples(shapes, kinds, header_names, kinds, header_values), max_size=6)}
 )  # fmt: skip
 bodies = st.fixed_dictionaries(
     {"type": st.sampled_from(["http.response.body", "http.response.body", "http.response.start"]),
-     "body": st.binary(max_size=6)},
-    optional={"more_body": st.booleans()},
+     "body": st.tuples(kinds, st.binary(max_size=6)) | st.none()},
+    optional={"more_body": st.sampled_from([True, False, 0, None])},
 )  # fmt: skip
+
+
+def made(start: dict[str, Any], rest: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fresh messages from their description (a one-shot iterable serves one cycle only)."""
+    headers = [shape((name_kind(name), value_kind(value))) for shape, name_kind, name, value_kind, value in start["headers"]]
+    bodies = [{**body, "body": body["body"] and body["body"][0](body["body"][1])} for body in rest]
+    return [{**start, "headers": headers}, *bodies]
 
 
 def written_by(
@@ -213,7 +227,7 @@ def written_by(
     keep_alive=st.booleans(),
     expect_100=st.booleans(),
     defaults=st.sampled_from([[], DATE, [(b"Date", b"x"), (b"server", b"uvicorn")], [(b"content-length", b"0")],
-                              [(b"x-bad", b"a\nb")]]),  # fmt: skip
+                              [(b"x-bad", b"a\nb")], tuple(DATE), [[b"date", b"x"]]]),  # fmt: skip
     start=starts,
     rest=st.lists(bodies, max_size=3),
 )
@@ -221,9 +235,33 @@ def test_a_quick_head_writes_what_uvicorn_writes_and_fails_where_it_fails(
     method: str, keep_alive: bool, expect_100: bool, defaults: list[tuple[bytes, bytes]], start: dict[str, Any],
     rest: list[dict[str, Any]],
 ) -> None:
-    messages = [start, *rest]
-    ours = written_by(connections.QuickHeadCycle, method, keep_alive, defaults, messages, expect_100)
-    assert ours == written_by(RequestResponseCycle, method, keep_alive, defaults, messages, expect_100)
+    ours = written_by(connections.QuickHeadCycle, method, keep_alive, defaults, made(start, rest), expect_100)
+    assert ours == written_by(RequestResponseCycle, method, keep_alive, defaults, made(start, rest), expect_100)
+
+
+def test_a_header_equal_to_a_checked_one_but_not_bytes_reaches_uvicorn() -> None:
+    class Shouting(bytes):
+        def lower(self) -> bytes:
+            return self.upper()
+
+    def sent(name: Any) -> list[dict[str, Any]]:
+        return [{"type": "http.response.start", "status": 200, "headers": [(name, b"1"), (b"content-length", b"0")]}]
+
+    written_by(connections.QuickHeadCycle, "GET", True, DATE, sent(b"x-a"))  # the bytes twin, now remembered
+    for name in (memoryview(b"x-a"), Shouting(b"x-a")):
+        ours = written_by(connections.QuickHeadCycle, "GET", True, DATE, sent(name))
+        assert ours == written_by(RequestResponseCycle, "GET", True, DATE, sent(name))
+    assert ours[0][0] is None and b"X-A: 1\r\n" in ours[0][1]
+
+
+def test_default_headers_changed_in_place_are_written_anew() -> None:
+    defaults = list(DATE)
+    messages: list[dict[str, Any]] = [{"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]}]
+    written_by(connections.QuickHeadCycle, "GET", True, defaults, messages)
+    defaults.append((b"x-added", b"1"))
+    ours = written_by(connections.QuickHeadCycle, "GET", True, defaults, messages)
+    assert ours == written_by(RequestResponseCycle, "GET", True, defaults, messages)
+    assert b"x-added: 1\r\n" in ours[0][1]
 
 
 def test_headers_given_as_an_iterator_reach_uvicorn_whole() -> None:
