@@ -61,7 +61,7 @@ def short_timeout(monkeypatch: pytest.MonkeyPatch) -> float:
     return 0.4
 
 
-def connection(answer_after: float) -> tuple[connections.BoundedHeadProtocol, Transport]:
+def connection(answer_after: float, keep_alive: float = 5) -> tuple[connections.BoundedHeadProtocol, Transport]:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             await receive()
@@ -72,7 +72,10 @@ def connection(answer_after: float) -> tuple[connections.BoundedHeadProtocol, Tr
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    config = Config(app=app, http="service.connections:BoundedHeadProtocol", lifespan="off", log_level="warning")
+    config = Config(
+        app=app, http="service.connections:BoundedHeadProtocol", lifespan="off", log_level="warning",
+        timeout_keep_alive=keep_alive,  # type: ignore[arg-type]  # any number of seconds works
+    )  # fmt: skip
     config.load()
     protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg]
     assert isinstance(protocol, connections.BoundedHeadProtocol)
@@ -128,6 +131,18 @@ async def test_an_upgraded_connection_is_no_longer_bounded(short_timeout: float)
     await asyncio.sleep(short_timeout * 2)
     assert transport.written.startswith(b"HTTP/1.1 101") and transport.get_protocol() is not protocol
     assert not transport.closed
+
+
+async def test_a_connection_idle_after_its_answers_is_closed_after_the_keep_alive_timeout(short_timeout: float) -> None:
+    protocol, transport = connection(answer_after=0, keep_alive=0.3)
+    for _ in range(3):  # requests closer together than the keep-alive timeout keep the connection
+        protocol.data_received(HEAD)
+        await asyncio.sleep(0.2)
+        assert not transport.closed
+    assert transport.written.count(b"HTTP/1.1 200") == 3
+    assert protocol.timeout_keep_alive_task is None  # no timer of uvicorn's own, armed and cancelled per answer
+    await asyncio.sleep(0.3)  # idle for 0.5 s since the last answer: closed after 0.3 s, at most 0.1 s later
+    assert transport.closed
 
 
 async def test_a_later_head_gets_the_whole_timeout_even_when_the_first_was_quick(monkeypatch: pytest.MonkeyPatch) -> None:
