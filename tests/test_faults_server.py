@@ -101,7 +101,7 @@ def test_a_client_leaving_mid_body_is_logged_as_its_doing_not_as_a_server_error(
 
 def test_connections_that_never_finish_a_request_head_are_closed_and_idle_keep_alive_is_not(tmp_path: Path) -> None:
     """Slowloris: connections that send nothing, or trickle a head a byte a second, are closed soon after
-    HEAD_TIMEOUT (at most CHECK_EVERY later); a keep-alive connection idle after its response keeps uvicorn's longer keep-alive."""
+    HEAD_TIMEOUT; a keep-alive connection idle after its response keeps uvicorn's longer keep-alive."""
     env = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "ACCESS_LOG": "false"}
     with procfile_server(env, cwd=tmp_path) as (url, _):
         host, port = url.removeprefix("http://").split(":")
