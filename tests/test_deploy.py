@@ -269,7 +269,7 @@ def test_readme_check_config_example_prints_settings_with_secrets_masked(tmp_pat
 
 
 def test_readme_deploy_walks_from_heroku_create_to_a_published_announcement() -> None:
-    deploy = README.split("## Deploy to Heroku", 1)[1].split("\n## ", 1)[0]
+    deploy = (ROOT / "docs" / "heroku.md").read_text().split("## Deploy to Heroku", 1)[1].split("\n## ", 1)[0]
     steps = ["heroku create", "heroku addons:create heroku-postgresql:essential-0", "heroku config:set GITHUB_OWNER=",
              "git push heroku main", "heroku logs --tail", "heroku config:get ADMIN_TOKEN", "curl -X POST"]  # fmt: skip
     positions = [deploy.find(step) for step in steps]
