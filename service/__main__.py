@@ -9,13 +9,17 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from service.logs import logging_config
-from service.settings import Settings, settings_or_exit
+from service.settings import Settings, mask_url_password, settings_or_exit
+
+if TYPE_CHECKING:
+    from service.announcements.store import AnnouncementStore
 
 
 def uvicorn_options(settings: Settings) -> dict[str, object]:
@@ -82,20 +86,37 @@ def prepare_multiprocess_directory(environ: MutableMapping[str, str]) -> tuple[s
     return directory, not given
 
 
-def check_config(settings: Settings) -> None:
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode(settings.public_view())).decode() + "\n")
+# Read by the libraries they configure (OpenTelemetry's SDK, prometheus_client) or by Heroku's runtime, not by
+# Settings; printed too, so check-config shows every variable the service reads.
+PASSED_ON = (
+    "PROMETHEUS_MULTIPROC_DIR", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_SDK_DISABLED", "DYNO",
+)  # fmt: skip
+PASSED_ON_SECRETS = ("OTEL_EXPORTER_OTLP_HEADERS",)  # an exporter's API key travels here
+
+
+def check_config(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    environ = os.environ if environ is None else environ
+    view = settings.public_view()
+    for name in PASSED_ON:
+        value = environ.get(name) or None
+        view[name] = "***" if value is not None and name in PASSED_ON_SECRETS else mask_url_password(value) if value else None
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(view)).decode() + "\n")
 
 
 def migrate(settings: Settings) -> None:
+    """Every package's migrations not yet applied (`service.database.SCHEMA_PACKAGES`)."""
+    from service.database import open_database
     from service.errors import ApiError
 
-    store = _opened_store(settings)
+    database = open_database(settings.database_url, pool_size=1)
+    database.open()
     try:
-        applied = store.migrate()
+        applied = database.migrate()
     except ApiError as exc:  # e.g. the database is unreachable: one line in the release log, exit 1
         raise SystemExit(f"migration failed: {exc.detail or exc.title}") from None
     finally:
-        store.close()
+        database.close()
     print(f"applied migrations {applied}" if applied else "schema already up to date")
 
 
@@ -125,7 +146,7 @@ def announcements(settings: Settings, args: argparse.Namespace) -> None:
         store.close()
 
 
-def _opened_store(settings: Settings):  # type: ignore[no-untyped-def]
+def _opened_store(settings: Settings) -> AnnouncementStore:
     from service.announcements.store import open_store
 
     store = open_store(settings.database_url, pool_size=1)

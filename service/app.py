@@ -5,33 +5,49 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
-import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.concurrency import run_in_threadpool
-from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Lifespan
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
-from service import docs, health, metrics, tracing
+from service import docs, health
 from service.announcements import routes as announcement_routes
 from service.announcements.access import Announcements
-from service.announcements.store import SqlStore, open_store
+from service.announcements.store import AnnouncementStore
+from service.auth import BearerToken
+from service.database import open_database
 from service.errors import EXCEPTION_HANDLERS
 from service.github import routes as github_routes
 from service.github.cache import UpstreamCache
 from service.github.client import GitHubClient, build_http_client
 from service.github.shared import SharedTier
-from service.github.webhook import WEBHOOK_MAX_BODY_BYTES, WebhookReceiver
-from service.http import StaticFirstRouter
-from service.middleware import EdgeMiddleware
+from service.github.webhook import WebhookReceiver
+from service.logs import AccessLog
+from service.metrics_endpoint import metrics_route
+from service.middleware import (
+    AccessMiddleware,
+    CorsMiddleware,
+    DeadlineMiddleware,
+    LastResortMiddleware,
+    RequestContextMiddleware,
+)
 from service.readiness import ReadinessProbe
 from service.settings import Settings, load_settings, settings_or_exit
+from service.telemetry import Telemetry
 from service.tracing import OpenTelemetry, otel_or_exit
 
 logger = logging.getLogger("service.app")
 CORS_EXPOSED = ["ETag", "Location", "Link", "Retry-After", "X-Request-ID", "X-Cache", "Age"]
+
+
+class AppState(Protocol):
+    """What the lifespan puts on `app.state`, and routes read from `request.app.state` (Starlette's State)."""
+
+    announcements: Announcements
+    github: GitHubClient
+    webhook: WebhookReceiver
+    readiness: dict[str, ReadinessProbe]
 
 
 def create_app(
@@ -43,109 +59,90 @@ def create_app(
     """The service. `announcements_class` lets the bench swap in a variant that misbehaves on purpose;
     `otel` exports traces (built from the OTEL_* variables by the module-level `app`)."""
     settings = settings if settings is not None else load_settings()
-    series = metrics.configure(settings.metrics_token is not None)
-    tracing.active = otel
+    telemetry = Telemetry(metrics=settings.metrics_token is not None, otel=otel)
+    access_log = AccessLog() if settings.access_log else None
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Service) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as resources:
-            if otel is not None:  # closed last: exports every span, the shutdown's included
-                resources.push_async_callback(run_in_threadpool, otel.shutdown)
-            http = await resources.enter_async_context(build_http_client(api_url=settings.github_api_url, token=settings.github_token))
-            _observe_github_calls(http, otel, series)
-            app.announcements = announcements = announcements_class(
-                open_store(settings.database_url, pool_size=settings.database_pool_size),
+            resources.push_async_callback(telemetry.close)  # closed last: exports every span, the shutdown's included
+            if access_log is not None:
+                resources.callback(access_log.close)
+            http = await resources.enter_async_context(
+                build_http_client(api_url=settings.github_api_url, token=settings.github_token)
+            )
+            telemetry.instrument(http)
+            state: AppState = app.state
+            database = open_database(settings.database_url, pool_size=settings.database_pool_size)
+            state.announcements = announcements = announcements_class(
+                AnnouncementStore(database),
                 admin_token=settings.admin_token,
                 concurrency=settings.database_pool_size,
+                telemetry=telemetry,
             )
-            await announcements.start()
+            await announcements.start()  # opens the database (and migrates SQLite); its stop closes it
             resources.push_async_callback(announcements.stop)
             # GitHub answers are shared by every process through the same database (with an owner to serve).
-            store, shared = announcements.store, None
-            if isinstance(store, SqlStore) and settings.github_owner:
-                shared = SharedTier(store, token=settings.github_token)
+            shared = SharedTier(database, token=settings.github_token) if settings.github_owner else None
             cache = UpstreamCache(
-                ttl=settings.github_cache_ttl, stale_ttl=settings.github_stale_ttl, timeout=settings.github_timeout, shared=shared
+                ttl=settings.github_cache_ttl,
+                stale_ttl=settings.github_stale_ttl,
+                timeout=settings.github_timeout,
+                shared=shared,
+                telemetry=telemetry,
             )
-            app.github = github = GitHubClient(http, owner=settings.github_owner, cache=cache)
-            app.github_webhook = WebhookReceiver(github, secret=settings.github_webhook_secret)
+            state.github = github = GitHubClient(http, owner=settings.github_owner, cache=cache)
+            state.webhook = WebhookReceiver(github, secret=settings.github_webhook_secret, telemetry=telemetry)
             cache.start()
             resources.push_async_callback(cache.close)
-            app.readiness = {"database": announcements.readiness, "github": github.readiness}
-            logger.info("started: %s database, GitHub owner %s", announcements.store.kind, settings.github_owner or "(not configured)")
+            state.readiness = {"database": announcements.readiness, "github": github.readiness}
+            logger.info(
+                "started: %s database, GitHub owner %s", announcements.store.kind, settings.github_owner or "(not configured)"
+            )
             yield
         logger.info("stopped: GitHub client and database connections closed")
 
-    cors = None
+    # Outermost first. Starlette puts its ServerErrorMiddleware (and the app's max_body_size) outside these,
+    # and its ExceptionMiddleware, which runs EXCEPTION_HANDLERS, inside.
+    middleware = [
+        Middleware(RequestContextMiddleware, telemetry=telemetry),
+        Middleware(AccessMiddleware, telemetry=telemetry, access_log=access_log),
+    ]
     if settings.cors_origins:
-        cors = {
-            "allow_origins": list(settings.cors_origins),
-            "allow_methods": ["GET", "HEAD", "POST", "PATCH", "DELETE"],
-            "allow_headers": ["Authorization", "Content-Type", "If-Match", "If-None-Match", "X-Request-ID"],
-            "expose_headers": CORS_EXPOSED,
-            "max_age": 600,
-        }
-    edge = Middleware(
-        EdgeMiddleware,
-        access_log=settings.access_log,
-        metrics=series,
-        otel=otel,
-        timeout=settings.request_timeout,
-        max_body_bytes=settings.max_body_bytes,
-        body_limits={"/github/webhook": WEBHOOK_MAX_BODY_BYTES},
-        cors=cors,
-        handlers=EXCEPTION_HANDLERS,
-    )
-    app = Service(
+        middleware.append(
+            Middleware(
+                CorsMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match", "X-Request-ID"],
+                expose_headers=CORS_EXPOSED,
+                max_age=600,
+            )
+        )
+    middleware += [
+        Middleware(DeadlineMiddleware, seconds=settings.request_timeout),
+        Middleware(LastResortMiddleware),
+        # Starlette's own body limit (what `max_body_size` installs), placed inside LastResortMiddleware so its
+        # text/plain 413 leaves as problem+json; a route's own max_body_size (the webhook's) overrides it.
+        Middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_body_bytes),
+    ]
+    metrics_token = BearerToken(settings.metrics_token) if settings.metrics_token else None
+    app = Starlette(
         routes=[
             *health.routes,
             *github_routes.routes,
             *announcement_routes.routes,
             *docs.build_routes(),
-            Route("/metrics", metrics.MetricsEndpoint(settings.metrics_token, series), methods=["GET"]),
+            metrics_route(metrics_token, telemetry.series),
         ],
-        middleware=[edge],
+        middleware=middleware,
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    # A path with a trailing slash is a 404, not a redirect: Starlette builds the redirect's absolute Location
+    # from the Host header, which a client chooses (Host: evil.example would be repeated, and cached).
+    app.router.redirect_slashes = False
     return app
-
-
-class Service(Starlette):
-    """Starlette, less the two layers it puts around the routes, ServerErrorMiddleware outside and
-    ExceptionMiddleware inside: EdgeMiddleware is the outermost layer and answers every error itself,
-    through the exception handlers it is given, so those two would only cost time on every request
-    (about 1.6 µs of a 14 µs /health, bench scenario 11).
-
-    What the lifespan builds is kept in typed attributes, which routes read as
-    `request.scope["app"].github`: `app.state.github` would cost half a microsecond a read (Starlette's
-    State answers through __getattr__, after a failed lookup), on every GitHub and announcements read.
-    Routes are found by service.http.StaticFirstRouter."""
-
-    announcements: Announcements
-    github: GitHubClient
-    github_webhook: WebhookReceiver
-    readiness: dict[str, ReadinessProbe]
-
-    def __init__(self, *, routes: list[BaseRoute], lifespan: Lifespan[Service], middleware: list[Middleware]) -> None:
-        super().__init__(routes=routes, lifespan=lifespan, middleware=middleware)
-        self.router = StaticFirstRouter(routes, lifespan=lifespan)
-
-    def build_middleware_stack(self) -> ASGIApp:
-        app: ASGIApp = self.router
-        for cls, args, kwargs in reversed(self.user_middleware):
-            app = cls(app, *args, **kwargs)
-        return app
-
-
-def _observe_github_calls(http: httpx.AsyncClient, otel: OpenTelemetry | None, series: metrics.Series | None) -> None:
-    """GitHub calls carry the request's trace (as OpenTelemetry client spans when exporting) and report
-    the rate limit left."""
-    if otel is not None:
-        otel.instrument(http)
-    else:
-        http.event_hooks["request"].append(tracing.send_traceparent)
-    if series is not None:
-        http.event_hooks["response"].append(metrics.github_response)
 
 
 def __getattr__(name: str) -> Any:
@@ -158,4 +155,3 @@ def __getattr__(name: str) -> Any:
     configure_logging(settings.log_level)
     globals()["app"] = application = create_app(settings, otel=otel_or_exit())
     return application
-

@@ -15,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from service.encoding import EncodedBody
 from service.errors import NotFound
-from service.http import BytesResponse, EncodedBody
+from service.responses import BytesResponse
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _SWAGGER_STATIC = Path(swagger_ui.__file__).resolve().parent / "static"
@@ -106,10 +107,10 @@ def build_routes() -> list[Route]:
     page = _PAGE.format(title=spec["info"]["title"])
 
     async def openapi_yaml(request: Request) -> BytesResponse:
-        return answers["/openapi.yaml"].respond(request.scope)
+        return answers["/openapi.yaml"].respond(request.headers)
 
     async def openapi_json(request: Request) -> BytesResponse:
-        return answers["/openapi.json"].respond(request.scope)
+        return answers["/openapi.json"].respond(request.headers)
 
     async def docs_page(request: Request) -> Response:
         return HTMLResponse(page, headers=_DOCS_HEADERS)
@@ -118,7 +119,7 @@ def build_routes() -> list[Route]:
         name = request.path_params["asset"]
         if name not in _ASSETS:
             raise NotFound(f"No documentation asset named {name!r}.")
-        return answers[name].respond(request.scope, _ASSET_CACHING)
+        return answers[name].respond(request.headers, _ASSET_CACHING)
 
     return [
         Route("/openapi.yaml", openapi_yaml, methods=["GET"]),

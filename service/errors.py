@@ -9,6 +9,7 @@ from typing import Annotated
 
 import msgspec
 from starlette.exceptions import HTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
@@ -114,7 +115,7 @@ class ServiceUnavailable(ApiError):
 
 
 def request_id_of(scope: Scope) -> str | None:
-    """The id of the request being answered (service.middleware.EdgeMiddleware gives every request one)."""
+    """The id of the request being answered (service.middleware.RequestContextMiddleware gives every request one)."""
     ids = tracing.current.get()
     return ids.request_id if ids is not None else None
 
@@ -155,11 +156,21 @@ _HTTP_DETAILS = {
 }
 
 
+def too_large_detail(limit: int | None) -> str:
+    if limit is None:
+        return "The request body is too large."
+    return f"The request body exceeds the limit of {limit} bytes."
+
+
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own errors (unknown path, wrong method, …) in the same problem form."""
     assert isinstance(exc, HTTPException)
     phrase = http.HTTPStatus(exc.status_code).phrase
     detail = exc.detail if exc.detail and exc.detail != phrase else _HTTP_DETAILS.get(exc.status_code)
+    if exc.status_code == 413:  # Starlette's max_body_size: the limit in force for this route
+        return problem_response(
+            request.scope, 413, slug="payload-too-large", detail=too_large_detail(request.scope.get(MAX_BODY_SIZE_SCOPE_KEY))
+        )
     headers = dict(exc.headers or {})
     if "Allow" in headers:  # Starlette builds it from a set; give clients a stable order
         methods = {m.strip() for m in headers["Allow"].split(",")}
@@ -176,7 +187,7 @@ def unhandled_error(scope: Scope, exc: Exception) -> Response:
 
     Starlette's own ServerErrorMiddleware answers 500 and then re-raises, so uvicorn logs the error a
     second time, as a plain-text traceback, and drops the client's keep-alive connection; the service's
-    edge (service.middleware) calls this instead and lets the error go no further."""
+    LastResortMiddleware (service.middleware) calls this first and lets the error go no further."""
     request_id = request_id_of(scope)
     logger.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
     return problem_response(
@@ -186,7 +197,13 @@ def unhandled_error(scope: Scope, exc: Exception) -> Response:
     )
 
 
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    """Starlette's 500 handler (ServerErrorMiddleware), for an error raised outside LastResortMiddleware."""
+    return unhandled_error(request.scope, exc)
+
+
 EXCEPTION_HANDLERS = {
     ApiError: handle_api_error,
     HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
 }

@@ -10,8 +10,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import API_NAME, API_VERSION
-from service.http import BytesResponse
 from service.readiness import Check, ReadinessProbe
+from service.responses import BytesResponse
 
 
 class HealthResponse(msgspec.Struct):
@@ -28,12 +28,21 @@ class Readiness(msgspec.Struct):
 _encoder = msgspec.json.Encoder()
 _NO_STORE = {"Cache-Control": "no-store"}
 
-# Liveness as fixed bytes, answered as a bare ASGI app: probes and load balancers call it often.
-_health = BytesResponse.of(_encoder.encode(HealthResponse(api=API_NAME, version=API_VERSION)), [(b"cache-control", b"no-store")])
+# Liveness as fixed bytes made once: probes and load balancers call it often.
+_HEALTH_BODY = _encoder.encode(HealthResponse(api=API_NAME, version=API_VERSION))
+_HEALTH_HEADERS = [
+    (b"cache-control", b"no-store"),
+    (b"content-type", b"application/json"),
+    (b"content-length", b"%d" % len(_HEALTH_BODY)),
+]
+
+
+async def health(request: Request) -> Response:
+    return BytesResponse(200, _HEALTH_BODY, _HEALTH_HEADERS)
 
 
 async def ready(request: Request) -> Response:
-    probes: dict[str, ReadinessProbe] = request.scope["app"].readiness  # service.app.Service
+    probes: dict[str, ReadinessProbe] = request.app.state.readiness
     checks = {name: await probe() for name, probe in probes.items()}
     ok = all(check.status == "ok" for check in checks.values())
     body = Readiness(status="ready" if ok else "unavailable", checks=checks)
@@ -41,6 +50,6 @@ async def ready(request: Request) -> Response:
 
 
 routes = [
-    Route("/health", _health, methods=["GET"]),
+    Route("/health", health, methods=["GET"]),
     Route("/health/ready", ready, methods=["GET"]),
 ]

@@ -116,10 +116,12 @@ def _subpath(exc: msgspec.ValidationError) -> str:
 
 def _message(exc: Exception) -> str:
     text = _PATH.sub("", str(exc)).replace("`", "")
-    return text[:1].lower() + text[1:]
+    # msgspec starts with "Expected …" or "JSON is malformed": lower-case a capital only where the next letter
+    # is not one too, so an acronym keeps its case.
+    if len(text) > 1 and text[0].isupper() and not text[1].isupper():
+        return text[0].lower() + text[1:]
+    return text
 
 
 def _json_type(value: Any) -> str:
-    return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
-        type(value), "null"
-    )
+    return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(type(value), "null")

@@ -1,18 +1,26 @@
 """Every log line as one JSON object on stdout, where Heroku's log router reads it: the service's own,
-uvicorn's (start-up, shutdown, errors, warnings) and any library's."""
+uvicorn's (start-up, shutdown, errors, warnings) and any library's; and the access line of every request
+(`AccessLog`, written by service.middleware.AccessMiddleware)."""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import logging
 import logging.config
+import os
 import sys
 import threading
+import time
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import msgspec
+from starlette.types import Scope
 
 from service import tracing
+from service.tracing import RequestIds
 
 _encoder = msgspec.json.Encoder()
 
@@ -79,3 +87,77 @@ def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
     exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
     logging.getLogger("service").error("uncaught exception in thread %s", name, exc_info=exc_info)
 
+
+class AccessLine(msgspec.Struct, gc=False, omit_defaults=True):
+    ts: float
+    level: str
+    logger: str
+    msg: str
+    method: str
+    path: str
+    status: int
+    duration_ms: float
+    request_id: str
+    trace_id: str
+    client: str | None
+    pid: int
+    cut_off: bool = False  # the response began but its body did not finish: the connection was closed under it
+
+
+class AccessLog:
+    """One JSON line per request on stdout. With PYTHONUNBUFFERED (Heroku's default) every write to stdout is a
+    system call, so lines are gathered and written together, at most FLUSH_EVERY apart (and at exit)."""
+
+    FLUSH_EVERY = 0.05  # seconds a line may wait in the buffer
+    FLUSH_AT = 64 * 1024  # bytes that are written at once, however recent
+
+    def __init__(self, stream: IO[bytes] | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout.buffer
+        self.encoder = msgspec.json.Encoder()
+        self.pid = os.getpid()  # tells the workers of one dyno apart
+        self._pending = bytearray()
+        atexit.register(self.flush)  # a graceful stop loses no line; `close` takes it back
+
+    def close(self) -> None:
+        self.flush()
+        atexit.unregister(self.flush)
+
+    def write(self, scope: Scope, status: int, seconds: float, ids: RequestIds, *, cut_off: bool = False) -> None:
+        client = scope.get("client")
+        line = AccessLine(
+            time.time_ns() // 1_000_000 / 1000,  # to the millisecond
+            "info",
+            "service.access",
+            "request",
+            scope["method"],
+            scope["path"],
+            status,
+            round(seconds * 1000, 3),
+            ids.request_id,
+            ids.trace_id,
+            f"{client[0]}:{client[1]}" if client else None,
+            self.pid,
+            cut_off,
+        )
+        pending = self._pending
+        was_empty = not pending
+        self.encoder.encode_into(line, pending, -1)
+        pending += b"\n"
+        if len(pending) >= self.FLUSH_AT:
+            self.flush()
+        elif was_empty:
+            asyncio.get_running_loop().call_later(self.FLUSH_EVERY, self.flush)
+
+    def flush(self) -> None:
+        """Write the gathered lines in one go (also at exit, so a graceful stop loses none)."""
+        if not self._pending:
+            return
+        data = memoryview(bytes(self._pending))
+        self._pending.clear()
+        with contextlib.suppress(OSError, ValueError):  # stdout closed or gone: nothing to do about it here
+            while data:
+                written = self.stream.write(data)
+                if written is None:  # a non-blocking stream that is full: drop rather than block the loop
+                    break
+                data = data[written:]
+            self.stream.flush()

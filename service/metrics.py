@@ -1,7 +1,7 @@
 """Prometheus metrics and `GET /metrics`: correct across the workers of a dyno, cheap on the hot path.
 
-Recording is on in a process whose app has METRICS_TOKEN (`configure(True)`); off, every hook below
-returns at once and prometheus_client is never imported. Requests and cache lookups are added up in
+`Series` is built by the app's `Telemetry` (service.telemetry) when METRICS_TOKEN is set; without it nothing
+records and prometheus_client is never imported. Requests and cache lookups are added up in
 plain Python and written at most 50 ms later (and before a scrape, and at exit): a scrape may miss
 another worker's last 50 ms, a killed worker loses at most that much. `python -m service serve` runs the workers in
 prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, prepared before they start): each worker writes its values
@@ -26,23 +26,10 @@ import asyncio
 import atexit
 import bisect
 import glob
-import hashlib
-import hmac
 import os
 import re
-import time
-from collections.abc import Callable, Hashable, Iterable, Iterator
-from types import TracebackType
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
-
-import anyio
-import httpx
-from starlette.concurrency import run_in_threadpool
-from starlette.types import Receive, Scope, Send
-
-from service import tracing
-from service.errors import NotFound, Unauthorized
-from service.http import BytesResponse, raw_header
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram, ProcessCollector
@@ -60,7 +47,6 @@ GITHUB_RATE_LIMIT_RESOURCES = frozenset({
 })  # fmt: skip
 MAX_WEBHOOK_EVENTS = 64  # distinct event names kept as labels; later ones count as "other"
 _CONVERTOR = re.compile(r"\{(\w+):\w+\}")
-_LABEL_WORD = re.compile(r"[a-z0-9_.]{1,64}")
 TEXT_FORMAT = b"text/plain; version=0.0.4; charset=utf-8"
 FLUSH_EVERY = 0.05  # seconds the hot path's counts may wait before they are written for scrapes
 RequestKey = tuple[str, str | None, int]  # method, route as matched, status
@@ -262,129 +248,3 @@ def _running(pid: int) -> bool:
         except PermissionError:
             pass
         return True
-
-
-# -- the process's switch, and the hooks the rest of the service calls ----------------------
-
-_series: Series | None = None  # created on first use, kept: prometheus_client allows one per name
-_recording: Series | None = None
-
-
-def configure(enabled: bool) -> Series | None:
-    """Record in this process (the app serves /metrics) or not; returns the series when recording."""
-    global _series, _recording
-    if enabled and _series is None:
-        _series = Series()
-    _recording = _series if enabled else None
-    return _recording
-
-
-def cache_lookup(key: Hashable, state: str) -> None:
-    """A GitHub cache lookup; the resource is the key's kind ("repository" of "owner/repository/name"),
-    never a name from a URL."""
-    if (series := _recording) is not None:
-        parts = str(key).split("/", 2)
-        series.count_lookup(parts[1] if len(parts) > 1 else parts[0], state)
-
-
-def github_outcome(detail: str) -> None:
-    """The outcome of one GitHub call, as GitHubClient records it for readiness."""
-    if (series := _recording) is not None and detail != "malformed answer":  # that answer was already counted as its 200
-        series.child(series.github, GITHUB_OUTCOMES.get(detail, "error")).inc()
-
-
-async def github_response(response: httpx.Response) -> None:
-    """An httpx response hook: the rate limit GitHub says is left."""
-    if (series := _recording) is not None:
-        remaining = response.headers.get("x-ratelimit-remaining", "")
-        if remaining.isdigit():
-            resource = response.headers.get("x-ratelimit-resource", "core")
-            resource = resource if resource in GITHUB_RATE_LIMIT_RESOURCES else "other"
-            series.child(series.github_remaining, resource).set(int(remaining))
-
-
-def webhook_delivery(event: str, outcome: str) -> None:
-    """One webhook delivery. Event names and outcomes outside [a-z0-9_.]{1,64}, and event names beyond
-    the first 64 seen, count as "other", so a caller cannot grow the number of series."""
-    if (series := _recording) is not None:
-        event = event if _LABEL_WORD.fullmatch(event) else "other"
-        outcome = outcome if _LABEL_WORD.fullmatch(outcome) else "other"
-        if event not in series.webhook_events:
-            if len(series.webhook_events) >= MAX_WEBHOOK_EVENTS:
-                event = "other"
-            else:
-                series.webhook_events.add(event)
-        series.child(series.webhooks, event, outcome).inc()
-
-
-class _StoreCall:
-    """Times one store call and counts it while it waits for a pool slot; a span when exporting traces."""
-
-    __slots__ = ("operation", "limiter", "series", "started", "span")
-
-    def __init__(self, operation: str, limiter: anyio.CapacityLimiter, series: Series | None) -> None:
-        self.operation = operation
-        self.limiter = limiter
-        self.series = series
-        self.span: Any = None
-
-    async def __aenter__(self) -> None:
-        if (series := self.series) is not None:
-            self.started = time.perf_counter()
-            if self.limiter.available_tokens < 1:  # this call will wait
-                series.set_waiting(self.limiter.statistics().tasks_waiting + 1)
-        if (otel := tracing.active) is not None:
-            self.span = otel.span(f"store {self.operation}", **{"db.operation.name": self.operation})
-            self.span.__enter__()
-
-    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        if self.span is not None:
-            self.span.__exit__(kind, error, tb)
-        if (series := self.series) is not None:
-            series.child(series.store, self.operation).observe(time.perf_counter() - self.started)
-            series.set_waiting(self.limiter.statistics().tasks_waiting)  # the slot it held went to the next in line
-
-
-class _NoStoreCall:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-_NOTHING = _NoStoreCall()
-
-
-def store_call(operation: str, limiter: anyio.CapacityLimiter) -> _StoreCall | _NoStoreCall:
-    """`async with store_call(name, limiter), limiter:` around every store call."""
-    if _recording is None and tracing.active is None:
-        return _NOTHING
-    return _StoreCall(operation, limiter, _recording)
-
-
-# -- GET /metrics ------------------------------------------------------------------------
-
-
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
-
-
-class MetricsEndpoint:
-    """GET /metrics for Prometheus: `Authorization: Bearer <METRICS_TOKEN>`. Without METRICS_TOKEN the
-    route is off (404); a missing or wrong token is 401."""
-
-    def __init__(self, token: str | None, series: Series | None) -> None:
-        # Digests, compared in constant time: neither the token nor its length leaks through timing.
-        self._digest = _digest(token) if token else None
-        self.series = series
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._digest is None or self.series is None:
-            raise NotFound("Metrics are off: METRICS_TOKEN is not configured on the server.")
-        scheme, _, given = (raw_header(scope, b"authorization") or b"").decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(_digest(given.strip()), self._digest):
-            raise Unauthorized("A valid metrics token is required: Authorization: Bearer <METRICS_TOKEN>.")
-        self.series.flush()  # this worker's latest counts; the others' are at most FLUSH_EVERY old
-        body = await run_in_threadpool(self.series.exposition)
-        await BytesResponse.of(body, [(b"cache-control", b"no-store")], media_type=TEXT_FORMAT)(scope, receive, send)

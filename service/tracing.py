@@ -206,7 +206,3 @@ class OpenTelemetry:
     def shutdown(self) -> None:
         """Export what is still buffered (the lifespan's end: a graceful stop loses no span)."""
         self.provider.shutdown()
-
-
-# The process's exporter, for store spans: set by the app that owns it (None: OpenTelemetry off).
-active: OpenTelemetry | None = None

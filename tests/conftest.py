@@ -61,6 +61,7 @@ def standin() -> Iterator[GitHubStandIn]:
 
 # -- PostgreSQL ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL server for the session: TEST_DATABASE_URL if given, else a throw-away cluster started

@@ -29,7 +29,9 @@ async def test_an_empty_patch_changes_nothing(make_settings: Callable[..., Setti
         assert changed.json()["updated_at"] > created.json()["updated_at"]
 
 
-async def test_admin_read_without_admin_token_configured_says_admin_reads_are_disabled(make_settings: Callable[..., Settings]) -> None:
+async def test_admin_read_without_admin_token_configured_says_admin_reads_are_disabled(
+    make_settings: Callable[..., Settings],
+) -> None:
     async with running(create_app(make_settings())) as api:
         problem = assert_problem(await api.get("/announcements?status=all", headers=ADMIN), 403)
     assert problem["detail"].startswith("Admin reads are disabled") and "Writes" not in problem["detail"]

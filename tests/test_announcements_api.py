@@ -13,7 +13,7 @@ import anyio
 import httpx
 import pytest
 
-from service.announcements.store import SqlStore
+from service.announcements.store import AnnouncementStore
 from service.app import create_app
 from service.settings import Settings
 from tests.support import assert_problem, eventually, running
@@ -262,14 +262,14 @@ async def test_delete_then_gone(api: httpx.AsyncClient) -> None:
 async def test_slow_store_read_does_not_delay_health(api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
     held: list[bool] = []
-    original = SqlStore.list
+    original = AnnouncementStore.list
 
-    def held_list(self: SqlStore, **kwargs: Any) -> Any:
+    def held_list(self: AnnouncementStore, **kwargs: Any) -> Any:
         held.append(True)
         release.wait(timeout=5)  # blocking, as a slow query would be: only harmless off the event loop
         return original(self, **kwargs)
 
-    monkeypatch.setattr(SqlStore, "list", held_list)
+    monkeypatch.setattr(AnnouncementStore, "list", held_list)
     reads_done: list[int] = []
 
     async def read() -> None:
@@ -289,7 +289,9 @@ async def test_slow_store_read_does_not_delay_health(api: httpx.AsyncClient, mon
 
 
 async def test_unreachable_database_is_503_while_other_endpoints_work(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(ADMIN_TOKEN=TOKEN, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none?sslmode=disable&connect_timeout=1")
+    settings = make_settings(
+        ADMIN_TOKEN=TOKEN, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none?sslmode=disable&connect_timeout=1"
+    )
     async with running(create_app(settings)) as client:
         listed = await client.get("/announcements")
         health = await client.get("/health")

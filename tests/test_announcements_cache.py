@@ -28,7 +28,7 @@ POST = {"title": "New talk on Friday", "body": "About **async** Python.", "tags"
 
 
 def announcements_of(app: Starlette) -> Announcements:
-    announcements: Announcements = app.announcements
+    announcements: Announcements = app.state.announcements
     return announcements
 
 
@@ -122,7 +122,9 @@ async def test_public_reads_and_their_304s_come_from_memory(served_polled_once: 
 
 async def test_admin_reads_bypass_the_cache(served: tuple[httpx.AsyncClient, Starlette]) -> None:
     api, app = served
-    location = (await api.post("/announcements", json={**POST, "published_at": "2099-01-01T00:00:00Z"}, headers=ADMIN)).headers["location"]
+    location = (await api.post("/announcements", json={**POST, "published_at": "2099-01-01T00:00:00Z"}, headers=ADMIN)).headers[
+        "location"
+    ]
     await api.get("/announcements?status=all", headers=ADMIN)
     await api.get(location, headers=ADMIN)
     calls = StoreCalls(app)
@@ -161,7 +163,9 @@ async def test_a_scheduled_announcement_appears_and_an_expired_one_disappears_at
     start = datetime.now(UTC)
     # Far enough ahead that the warm-up reads below surely come before the first boundary.
     appears, disappears = start + timedelta(seconds=3.0), start + timedelta(seconds=3.5)
-    scheduled = await api.post("/announcements", json={**POST, "title": "Scheduled", "published_at": appears.isoformat()}, headers=ADMIN)
+    scheduled = await api.post(
+        "/announcements", json={**POST, "title": "Scheduled", "published_at": appears.isoformat()}, headers=ADMIN
+    )
     await api.post("/announcements", json={**POST, "title": "Expiring", "expires_at": disappears.isoformat()}, headers=ADMIN)
     location = scheduled.headers["location"]
     assert await titles(api) == ["Expiring"] and (await api.get(location)).status_code == 404
@@ -206,7 +210,9 @@ async def test_another_process_write_is_seen_within_a_second(settings: Settings)
         assert (await reader.get(location)).json()["title"] == "Changed"
 
 
-async def test_while_the_change_counter_cannot_be_read_reads_go_to_the_database(served: tuple[httpx.AsyncClient, Starlette]) -> None:
+async def test_while_the_change_counter_cannot_be_read_reads_go_to_the_database(
+    served: tuple[httpx.AsyncClient, Starlette],
+) -> None:
     api, app = served
     await api.post("/announcements", json=POST, headers=ADMIN)
     await titles(api)

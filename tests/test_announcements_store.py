@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from service.http import parse_entity_tags
 from service.announcements.models import AnnouncementPatch, NewAnnouncement, decode_cursor, encode_cursor
-from service.announcements.store import LATEST_VERSION, MIGRATIONS, AnnouncementStore, StoreUnavailable, open_store
+from service.announcements.store import AnnouncementStore, open_store
+from service.database import DatabaseUnavailable
 from service.errors import InvalidInput, NotFound, PreconditionFailed
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -36,11 +36,11 @@ def test_migrations_are_versioned_and_idempotent(database_url: str) -> None:
     store = open_store(database_url, pool_size=2)
     store.open()
     try:
-        with pytest.raises(StoreUnavailable, match="migrate"):
+        with pytest.raises(DatabaseUnavailable, match="migrate"):
             store.readiness()
-        assert store.migrate() == [version for version, _, _ in MIGRATIONS]
+        assert store.migrate() == [1, 2, 3, 4] == [m.version for m in store.database.migrations]
         assert store.migrate() == []
-        assert store.readiness() == (True, f"{store.kind}, schema version {LATEST_VERSION}")
+        assert store.readiness() == (True, f"{store.kind}, schema version 4")
     finally:
         store.close()
 
@@ -107,7 +107,7 @@ def test_partial_update_changes_only_given_fields(store: AnnouncementStore) -> N
     created = store.create(new(tags=["a"], expires_at="2027-01-01T00:00:00Z"), now=NOW)
     later = NOW + timedelta(minutes=5)
     patch = msgspec.convert({"title": "Changed", "expires_at": None}, AnnouncementPatch)
-    updated = store.update(created.id, patch, now=later, if_match=parse_entity_tags(created.etag))
+    updated = store.update(created.id, patch, now=later, if_match={created.etag})
     assert (updated.title, updated.body, updated.tags, updated.expires_at) == ("Changed", created.body, ["a"], None)
     assert updated.updated_at == later and updated.created_at == NOW
     assert updated.etag != created.etag
@@ -119,7 +119,7 @@ def test_update_with_stale_if_match_is_refused_and_writes_nothing(store: Announc
     store.update(created.id, AnnouncementPatch(pinned=True), now=NOW + timedelta(seconds=1), if_match=None)
     current = store.get(created.id)
     with pytest.raises(PreconditionFailed):
-        store.update(created.id, AnnouncementPatch(title="lost"), now=NOW + timedelta(seconds=2), if_match=parse_entity_tags(created.etag))
+        store.update(created.id, AnnouncementPatch(title="lost"), now=NOW + timedelta(seconds=2), if_match={created.etag})
     assert store.get(created.id) == current
 
 
@@ -141,8 +141,8 @@ def test_update_and_delete_of_missing_announcement_is_not_found(store: Announcem
 def test_delete_removes_and_honours_if_match(store: AnnouncementStore) -> None:
     created = store.create(new(), now=NOW)
     with pytest.raises(PreconditionFailed):
-        store.delete(created.id, if_match=parse_entity_tags('"not-it"'))
-    store.delete(created.id, if_match=parse_entity_tags(created.etag))
+        store.delete(created.id, if_match={'"not-it"'})
+    store.delete(created.id, if_match={created.etag})
     assert store.get(created.id) is None
 
 
@@ -154,7 +154,9 @@ def test_concurrent_updates_with_the_same_if_match_exactly_one_wins(store: Annou
     def editor(n: int) -> None:
         start.wait()
         try:
-            store.update(created.id, AnnouncementPatch(title=f"editor {n}"), now=NOW + timedelta(seconds=1), if_match=parse_entity_tags(created.etag))
+            store.update(
+                created.id, AnnouncementPatch(title=f"editor {n}"), now=NOW + timedelta(seconds=1), if_match={created.etag}
+            )
             outcomes.append("won")
         except PreconditionFailed:
             outcomes.append("412")
@@ -171,9 +173,9 @@ def test_unreachable_postgres_is_store_unavailable() -> None:
     store = open_store("postgresql://nobody@127.0.0.1:1/none?sslmode=disable&connect_timeout=1", pool_size=1)
     store.open()
     try:
-        with pytest.raises(StoreUnavailable):
+        with pytest.raises(DatabaseUnavailable):
             store.get(1)
-        with pytest.raises(StoreUnavailable, match="postgresql"):
+        with pytest.raises(DatabaseUnavailable, match="postgresql"):
             store.readiness()
     finally:
         store.close()

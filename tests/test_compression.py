@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator, Callable
 import brotli
 import httpx
 import pytest
+from starlette.datastructures import Headers
 
-from service import http
+from service import encoding
 from service.app import create_app
-from service.http import MIN_COMPRESSED_SIZE, parse_accept_encoding
+from service.encoding import MIN_COMPRESSED_SIZE, parse_accept_encoding
 from service.settings import Settings
-from tests.support import running
 from tests.github_standin import GitHubStandIn
+from tests.support import running
 
 TOKEN = "admin-token-for-tests-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -66,7 +67,7 @@ ALL = ("br", "gzip", "identity")
         ("gzip;q=, br;q=abc", ("identity",)),
         ("gzip;level=1", ("identity",)),
         ("identity;q=zero", ("identity",)),  # a malformed refusal refuses nothing
-        ("g zip, b\"r", ("identity",)),
+        ('g zip, b"r', ("identity",)),
         ("gzip;q=0.5, gzip", ("gzip", "identity")),  # the first of repeated entries counts
     ],
 )
@@ -81,7 +82,7 @@ def test_bytes_outside_ascii_do_not_break_negotiation() -> None:
 
 def test_several_accept_encoding_lines_are_one_list() -> None:
     scope = {"headers": [(b"accept-encoding", b"identity;q=0"), (b"accept-encoding", b"gzip")]}
-    assert http.acceptable_codings(scope) == ("gzip",)
+    assert encoding.acceptable_codings(Headers(scope=scope)) == ("gzip",)
 
 
 # -- over HTTP -----------------------------------------------------------------------------------
@@ -184,7 +185,7 @@ async def test_no_accept_encoding_means_identity_and_refused_identity_gets_a_cod
     async with api.stream("GET", "/github/repos", headers={"accept-encoding": ""}) as response:
         assert "content-encoding" not in response.headers
     scope_without = {"headers": []}
-    assert http.acceptable_codings(scope_without) == ("identity",)
+    assert encoding.acceptable_codings(Headers(scope=scope_without)) == ("identity",)
     refused, body = await raw_get(api, "/github/repos", **{"accept-encoding": "identity;q=0, gzip"})
     assert refused.headers["content-encoding"] == "gzip" and gzip.decompress(body)
 
@@ -200,7 +201,9 @@ async def test_if_match_accepts_the_tag_of_a_compressed_form(api: httpx.AsyncCli
     assert patched.status_code == 200
     stale = await api.patch(location, json={"pinned": False}, headers={**ADMIN, "If-Match": read.headers["etag"]})
     assert stale.status_code == 412  # the compressed tag of an old version is still an old version
-    weak = await api.patch(location, json={"pinned": False}, headers={**ADMIN, "If-Match": f"W/{patched.headers['etag'][:-1]}-gzip\""})
+    weak = await api.patch(
+        location, json={"pinned": False}, headers={**ADMIN, "If-Match": f'W/{patched.headers["etag"][:-1]}-gzip"'}
+    )
     assert weak.status_code == 412  # still strong comparison
 
 
@@ -210,13 +213,13 @@ async def test_cached_views_are_compressed_once_and_static_answers_never_per_req
 ) -> None:
     await api.get("/docs/swagger-ui-bundle.js")  # the app is built: static answers are ready
     calls: list[str] = []
-    original = http.compress
+    original = encoding.compress
 
-    def counting(body: bytes, coding: http.Coding) -> bytes:
+    def counting(body: bytes, coding: encoding.Coding) -> bytes:
         calls.append(coding)
         return original(body, coding)
 
-    monkeypatch.setattr(http, "compress", counting)
+    monkeypatch.setattr(encoding, "compress", counting)
     for _ in range(3):
         for coding in ("br", "gzip"):
             for path in ("/docs/swagger-ui-bundle.js", "/openapi.json", "/openapi.yaml"):
@@ -224,5 +227,7 @@ async def test_cached_views_are_compressed_once_and_static_answers_never_per_req
     assert calls == []
     for _ in range(3):
         for coding in ("br", "gzip"):
-            assert (await raw_get(api, "/github/repos?limit=50", **{"accept-encoding": coding}))[0].headers["content-encoding"] == coding
+            assert (await raw_get(api, "/github/repos?limit=50", **{"accept-encoding": coding}))[0].headers[
+                "content-encoding"
+            ] == coding
     assert sorted(calls) == ["br", "gzip"]  # once per coding the clients asked for, on first request

@@ -59,9 +59,7 @@ def short_timeout(monkeypatch: pytest.MonkeyPatch) -> float:
     return 0.4
 
 
-def connection(
-    answer_after: float, keep_alive: float = 5, app: Any = None
-) -> tuple[connections.BoundedHeadProtocol, Transport]:
+def connection(answer_after: float, keep_alive: float = 5, app: Any = None) -> tuple[connections.BoundedHeadProtocol, Transport]:
     async def default_app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             await receive()
@@ -185,7 +183,9 @@ async def test_a_head_just_under_the_limit_and_a_large_body_in_one_chunk_are_ser
     protocol, transport = connection(answer_after=0, app=app)
     filler = b"a" * (connections.MAX_HEAD_BYTES - 200)
     body = b"b" * 100_000
-    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nX-Fill: " + filler + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    protocol.data_received(
+        b"POST /x HTTP/1.1\r\nHost: x\r\nX-Fill: " + filler + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
     await asyncio.sleep(0.05)
     assert transport.written.startswith(b"HTTP/1.1 200"), transport.written[:200]
     assert received == [body]
@@ -195,7 +195,9 @@ def test_uvicorn_still_has_the_hooks_the_head_bound_extends() -> None:
     """BoundedHeadProtocol extends five methods of uvicorn's HttpToolsProtocol and reads four of its
     attributes; a uvicorn release that renames one breaks the bound, and this test says so by name."""
     for name in ("connection_made", "connection_lost", "data_received", "on_message_begin", "on_headers_complete"):
-        assert callable(getattr(HttpToolsProtocol, name, None)), f"uvicorn {uvicorn.__version__}: HttpToolsProtocol.{name} is gone"
+        assert callable(getattr(HttpToolsProtocol, name, None)), (
+            f"uvicorn {uvicorn.__version__}: HttpToolsProtocol.{name} is gone"
+        )
     source = inspect.getsource(HttpToolsProtocol)
     for attribute in ("self.cycle", "self.connections", "self.transport", "self.loop"):
         assert attribute in source, f"uvicorn {uvicorn.__version__}: HttpToolsProtocol no longer keeps {attribute}"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import hypothesis
 import pytest
@@ -24,7 +24,10 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 
 def app_for_contract(make_settings: Callable[..., Settings], standin: GitHubStandIn) -> Starlette:
     settings = make_settings(
-        GITHUB_OWNER=standin.owner, GITHUB_API_URL=standin.url, ADMIN_TOKEN=CONTRACT_ADMIN_TOKEN, METRICS_TOKEN=CONTRACT_METRICS_TOKEN
+        GITHUB_OWNER=standin.owner,
+        GITHUB_API_URL=standin.url,
+        ADMIN_TOKEN=CONTRACT_ADMIN_TOKEN,
+        METRICS_TOKEN=CONTRACT_METRICS_TOKEN,
     )
     return create_app(settings)
 

@@ -85,3 +85,10 @@ async def test_valid_body_is_decoded(make_settings: Callable[..., Settings]) -> 
     async with running(app_with_test_routes(make_settings())) as client:
         response = await client.post("/_test/notes", json={"title": "hi", "tags": ["a"]})
     assert response.status_code == 200 and response.json() == {"title": "hi", "count": 0, "tags": ["a"]}
+
+
+async def test_a_malformed_body_is_described_with_its_acronym_intact(make_settings: Callable[..., Settings]) -> None:
+    async with running(app_with_test_routes(make_settings())) as client:
+        response = await client.post("/_test/notes", content=b'{"title" 1}', headers={"content-type": "application/json"})
+    detail = assert_problem(response, 400)["detail"]
+    assert "JSON is malformed" in detail and "jSON" not in detail

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -91,7 +90,10 @@ async def test_organisation_owner_lists_org_repositories(github_client: OpenClie
     ("query", "check"),
     [
         ("sort=name", lambda repos, all_: [r["name"] for r in repos] == sorted(r["name"] for r in all_ if not r["fork"])),
-        ("sort=stars&direction=asc&forks=true&limit=100", lambda repos, all_: [r["stargazers_count"] for r in repos] == sorted(r["stargazers_count"] for r in all_)),
+        (
+            "sort=stars&direction=asc&forks=true&limit=100",
+            lambda repos, all_: [r["stargazers_count"] for r in repos] == sorted(r["stargazers_count"] for r in all_),
+        ),
         ("language=python", lambda repos, all_: repos and all(r["language"] == "Python" for r in repos)),
         ("topic=rust&forks=true", lambda repos, all_: len(repos) == sum("rust" in r["topics"] for r in all_)),
         ("archived=false", lambda repos, all_: repos and not any(r["archived"] for r in repos)),
@@ -219,7 +221,9 @@ async def test_made_up_names_spend_only_a_small_upstream_budget(standin: GitHubS
     assert len(standin.calls_to("/repos/")) == UNLISTED_LOOKUP_BURST  # listed names are answered from the list
 
 
-async def test_listed_repository_is_answered_from_the_list_without_its_own_call(standin: GitHubStandIn, github_client: OpenClient) -> None:
+async def test_listed_repository_is_answered_from_the_list_without_its_own_call(
+    standin: GitHubStandIn, github_client: OpenClient
+) -> None:
     async with github_client(standin) as client:
         one = await client.get("/github/repos/project-003")
         listing = await client.get("/github/repos?forks=true&limit=100")
@@ -229,7 +233,9 @@ async def test_listed_repository_is_answered_from_the_list_without_its_own_call(
     assert not standin.calls_to("/repos/") and len(standin.calls_to("/users/octo-dev/repos")) == 1
 
 
-async def test_cold_start_answers_every_listed_name_with_one_list_fetch(standin: GitHubStandIn, github_client: OpenClient) -> None:
+async def test_cold_start_answers_every_listed_name_with_one_list_fetch(
+    standin: GitHubStandIn, github_client: OpenClient
+) -> None:
     standin.delay = 0.2  # the names all arrive while the list is being fetched
     names_asked = [r["name"] for r in standin.repos]
     # The profile and the list take 0.2 s each: a timeout with room for a loaded machine, not 1 s.
@@ -414,7 +420,9 @@ async def test_stale_copy_is_served_when_refresh_fails(standin: GitHubStandIn, g
         standin.scenario = fail_repos(FAILURES[failure][0])
         stale = await client.get("/github/repos")
         # The refresh runs in the background; readiness tells once it has failed.
-        ready = await poll(lambda: client.get("/health/ready"), until=lambda r: "failed" in r.json()["checks"]["github"]["detail"])
+        ready = await poll(
+            lambda: client.get("/health/ready"), until=lambda r: "failed" in r.json()["checks"]["github"]["detail"]
+        )
         again = await client.get("/github/repos")
     assert stale.status_code == 200 and stale.headers["x-cache"] == "stale"
     assert stale.content == good.content
@@ -506,7 +514,9 @@ def slowly(standin: GitHubStandIn, delays: dict[str, float]) -> Callable[[str, d
 
 
 @pytest.mark.parametrize("path", ["/github/repos", "/github/repos/project-001"])
-async def test_cold_list_with_a_slow_owner_takes_one_timeout_not_two(standin: GitHubStandIn, github_client: OpenClient, path: str) -> None:
+async def test_cold_list_with_a_slow_owner_takes_one_timeout_not_two(
+    standin: GitHubStandIn, github_client: OpenClient, path: str
+) -> None:
     # The profile (needed once, for the owner's type) answers just inside GITHUB_TIMEOUT, the list not at all.
     # One timeout per visitor answers at 3 s; one per upstream call would take 2.4 + 3 = 5.4 s. The bound
     # sits between the two, with room for a loaded machine on either side.

@@ -4,6 +4,7 @@ import httpx
 import pytest
 
 from service.readiness import Check
+from tests.support import assert_problem
 
 pytestmark = pytest.mark.anyio
 
@@ -30,13 +31,19 @@ async def test_ready_lists_each_dependency_and_fails_when_one_fails(client: http
     async def broken() -> Check:
         return Check("failing", "connection refused")
 
-    app.readiness = {"fine": fine}
+    app.state.readiness = {"fine": fine}
     ok = await client.get("/health/ready")
     assert ok.status_code == 200
     assert ok.json() == {"status": "ready", "checks": {"fine": {"status": "ok", "detail": "all good"}}}
 
-    app.readiness = {"fine": fine, "database": broken}
+    app.state.readiness = {"fine": fine, "database": broken}
     failing = await client.get("/health/ready")
     assert failing.status_code == 503
     assert failing.json()["status"] == "unavailable"
     assert failing.json()["checks"]["database"] == {"status": "failing", "detail": "connection refused"}
+
+
+async def test_a_trailing_slash_is_a_404_problem_never_a_redirect_built_from_host(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health/", headers={"Host": "evil.example"})
+    assert_problem(response, 404)
+    assert "location" not in response.headers

@@ -107,7 +107,9 @@ def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(tmp_pa
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_kill_9_mid_stream_loses_no_acknowledged_announcement(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_kill_9_mid_stream_loses_no_acknowledged_announcement(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     if backend == "sqlite":
         database_url = f"sqlite:///{tmp_path}/crash.db"
     else:
@@ -189,7 +191,9 @@ def test_two_workers_share_one_postgres_database(postgres_server: str, tmp_path:
 
         def editor(n: int) -> None:
             start.wait()
-            response = httpx.patch(f"{url}{location}", json={"title": f"editor {n}"}, headers={**ADMIN, "If-Match": etag}, timeout=10)
+            response = httpx.patch(
+                f"{url}{location}", json={"title": f"editor {n}"}, headers={**ADMIN, "If-Match": etag}, timeout=10
+            )
             outcomes.append(response.status_code)
 
         editors = [threading.Thread(target=editor, args=(n,)) for n in range(10)]

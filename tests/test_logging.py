@@ -91,7 +91,9 @@ def _invalid_http_request(url: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_every_line_of_a_real_server_run_is_json_and_holds_no_secret(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_every_line_of_a_real_server_run_is_json_and_holds_no_secret(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     if backend == "sqlite":
         database_url = f"sqlite:///{tmp_path}/db.sqlite"
     else:  # the test cluster trusts local connections: the password is carried, never checked
@@ -120,7 +122,9 @@ def test_every_line_of_a_real_server_run_is_json_and_holds_no_secret(backend: st
     assert ("uvicorn.error", "Application startup complete.") in messages
     assert any(logger == "uvicorn.error" and msg.startswith("Finished server process") for logger, msg in messages)
     assert any(logger == "uvicorn.error" and msg.startswith("Received SIGTERM") for logger, msg in messages)
-    assert any(line["level"] == "warning" and line["logger"] == "uvicorn.error" and "Invalid HTTP" in line["msg"] for line in lines)
+    assert any(
+        line["level"] == "warning" and line["logger"] == "uvicorn.error" and "Invalid HTTP" in line["msg"] for line in lines
+    )
     [error] = [line for line in lines if "GitHub answered 401" in line["msg"]]
     [access] = [line for line in lines if line.get("path") == "/github/repos"]
     assert error["trace_id"] == access["trace_id"] == TRACE_ID and error["request_id"] == access["request_id"]

@@ -112,13 +112,19 @@ async def test_a_thousand_random_paths_add_only_the_unmatched_series(make_settin
         after = await scrape(client)
     assert after.keys() == before.keys()
     unmatched = {"method": "GET", "route": metrics.UNMATCHED, "status": "404"}
-    assert value(after, "website_api_http_requests_total", **unmatched) - value(before, "website_api_http_requests_total", **unmatched) >= 1000
+    assert (
+        value(after, "website_api_http_requests_total", **unmatched)
+        - value(before, "website_api_http_requests_total", **unmatched)
+        >= 1000
+    )
 
 
 OUTCOMES = ("200", "304", "404", "timeout", "error", "rate_limited")
 
 
-async def test_github_calls_by_outcome_and_the_rate_limit_left(make_settings: Callable[..., Settings], standin: GitHubStandIn) -> None:
+async def test_github_calls_by_outcome_and_the_rate_limit_left(
+    make_settings: Callable[..., Settings], standin: GitHubStandIn
+) -> None:
     reply_headers = {"x-ratelimit-remaining": "4321", "x-ratelimit-resource": "core"}
     original = standin.answer
     standin.answer = lambda path, headers: _with_headers(original(path, headers), reply_headers)  # type: ignore[method-assign]
@@ -143,7 +149,7 @@ async def test_github_calls_by_outcome_and_the_rate_limit_left(make_settings: Ca
             assert ((await client.get("/github/owner")).status_code, n) == (status, n)
             # The refresh may outlive the visitor's wait by a moment (the 504): the next step must not join it.
             for _ in range(100):
-                if not app.github.cache._refreshing:
+                if not app.state.github.cache._refreshing:
                     break
                 await anyio.sleep(0.05)
             if n == 0:
@@ -159,10 +165,14 @@ def _with_headers(reply: Reply, headers: dict[str, str]) -> Reply:
     return reply
 
 
-async def test_cache_lookups_by_resource_and_state(make_settings: Callable[..., Settings], standin: GitHubStandIn, tmp_path: Path) -> None:
+async def test_cache_lookups_by_resource_and_state(
+    make_settings: Callable[..., Settings], standin: GitHubStandIn, tmp_path: Path
+) -> None:
     name = "website_api_cache_lookups_total"
 
-    def states(before: dict[tuple[str, frozenset[tuple[str, str]]], float], after: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> dict[str, float]:
+    def states(
+        before: dict[tuple[str, frozenset[tuple[str, str]]], float], after: dict[tuple[str, frozenset[tuple[str, str]]], float]
+    ) -> dict[str, float]:
         return {s: value(after, name, resource="repositories", state=s) - value(before, name, resource="repositories", state=s)
                 for s in ("hit", "miss", "revalidated", "stale")}  # fmt: skip
 
@@ -209,7 +219,9 @@ async def test_store_calls_are_timed_and_waits_for_a_pool_slot_counted(make_sett
         before = await scrape(client)
         async with anyio.create_task_group() as group:
             for _ in range(3):  # admin reads: public ones may be answered from the read cache
-                group.start_soon(functools.partial(client.get, "/announcements?status=all", headers={"Authorization": f"Bearer {admin}"}))
+                group.start_soon(
+                    functools.partial(client.get, "/announcements?status=all", headers={"Authorization": f"Bearer {admin}"})
+                )
             with anyio.fail_after(10):  # the first holds the only slot, two wait (a bound against hanging)
                 while value(during := await scrape(client), "website_api_store_calls_waiting") < 2:
                     await anyio.sleep(0.01)
@@ -228,18 +240,24 @@ async def test_store_calls_are_timed_and_waits_for_a_pool_slot_counted(make_sett
 
 
 async def test_webhook_deliveries_are_counted_with_bounded_labels(make_settings: Callable[..., Settings]) -> None:
-    async with running(create_app(make_settings(METRICS_TOKEN=TOKEN))) as client:
-        metrics.webhook_delivery("push", "accepted")
-        metrics.webhook_delivery("push", "accepted")
-        metrics.webhook_delivery("Evil Event {name}", "bad signature!")
+    app = create_app(make_settings(METRICS_TOKEN=TOKEN))
+    async with running(app) as client:
+        telemetry = app.state.webhook.telemetry
+        telemetry.webhook_delivery("push", "accepted", verified=True)
+        telemetry.webhook_delivery("push", "accepted", verified=True)
+        telemetry.webhook_delivery("Evil Event {name}", "bad signature!", verified=True)
         for n in range(metrics.MAX_WEBHOOK_EVENTS + 10):
-            metrics.webhook_delivery(f"made_up_{n}", "ignored")
+            telemetry.webhook_delivery(f"made_up_{n}", "ignored", verified=True)
+        for n in range(100):  # unsigned requests name no event: they cannot spend the budget
+            telemetry.webhook_delivery(f"junk{n}", "unauthorized", verified=False)
         samples = await scrape(client)
     name = "website_api_webhook_deliveries_total"
     assert value(samples, name, event="push", outcome="accepted") == 2
     assert value(samples, name, event="other", outcome="other") == 1
     events = {dict(labels)["event"] for (sample, labels) in samples if sample == name}
-    assert len(events) <= metrics.MAX_WEBHOOK_EVENTS + 1
+    assert len(events) <= metrics.MAX_WEBHOOK_EVENTS + 2
+    assert value(samples, name, event="unverified", outcome="unauthorized") == 100
+    assert not any(event.startswith("junk") for event in events)
 
 
 async def test_no_secret_in_any_metric(make_settings: Callable[..., Settings], standin: GitHubStandIn) -> None:
@@ -255,19 +273,15 @@ async def test_no_secret_in_any_metric(make_settings: Callable[..., Settings], s
         assert secret not in text
 
 
-async def test_recording_is_off_in_a_process_whose_app_has_no_token(make_settings: Callable[..., Settings]) -> None:
-    async with running(create_app(make_settings(METRICS_TOKEN=TOKEN))) as client:
-        before = await scrape(client)
-    async with running(create_app(make_settings())) as client:
+async def test_recording_is_off_in_an_app_without_a_token(make_settings: Callable[..., Settings]) -> None:
+    """Without METRICS_TOKEN the app builds no series at all (prometheus_client is not even asked), and its
+    /metrics is off; tests/test_middleware.py runs apps with and without metrics side by side."""
+    app = create_app(make_settings())
+    async with running(app) as client:
         await client.get("/health")
-        metrics.webhook_delivery("push", "accepted")
-    async with running(create_app(make_settings(METRICS_TOKEN=TOKEN))) as client:
-        after = await scrape(client)
-    key = ("method", "GET"), ("route", "/health"), ("status", "200")
-    assert after.get(("website_api_http_requests_total", key)) == before.get(("website_api_http_requests_total", key))
-    assert value(after, "website_api_webhook_deliveries_total", event="push", outcome="accepted") == value(
-        before, "website_api_webhook_deliveries_total", event="push", outcome="accepted"
-    )
+        app.state.webhook.telemetry.webhook_delivery("push", "accepted", verified=True)
+        assert app.state.webhook.telemetry.series is None
+        assert (await client.get("/metrics", headers=SCRAPE)).status_code == 404
 
 
 # -- a real server with two workers --------------------------------------------------------
@@ -300,7 +314,12 @@ def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 @pytest.mark.slow
 def test_two_workers_one_scrape_sums_both_and_a_killed_worker_never_lowers_the_totals(tmp_path: Path) -> None:
-    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "WEB_CONCURRENCY": "2", "METRICS_TOKEN": TOKEN, "ACCESS_LOG": "true"}
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite",
+        "WEB_CONCURRENCY": "2",
+        "METRICS_TOKEN": TOKEN,
+        "ACCESS_LOG": "true",
+    }
     log = tmp_path / "server.log"
     route = ("website_api_http_requests_total", (("method", "GET"), ("route", "/openapi.json"), ("status", "200")))
     with procfile_server(env, cwd=tmp_path, log=log) as (url, _):

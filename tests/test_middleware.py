@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -14,6 +13,8 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,11 +22,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
 from service.errors import EXCEPTION_HANDLERS
-from service.middleware import EdgeMiddleware
+from service.logs import AccessLog
+from service.middleware import AccessMiddleware, DeadlineMiddleware, LastResortMiddleware, RequestContextMiddleware
 from service.settings import Settings
+from service.telemetry import Telemetry
 from tests.support import ROOT, app_with_test_routes, assert_problem, eventually, running
 
 pytestmark = pytest.mark.anyio
+
+
+def stacked(app: ASGIApp, *, access_log: AccessLog | None = None, timeout: float = 10.0) -> ASGIApp:
+    """`app` inside the service's own middleware, in the order service.app stacks them."""
+    telemetry = Telemetry()
+    inner = DeadlineMiddleware(LastResortMiddleware(app), seconds=timeout)
+    return RequestContextMiddleware(AccessMiddleware(inner, telemetry=telemetry, access_log=access_log), telemetry=telemetry)
 
 
 @contextlib.asynccontextmanager
@@ -45,9 +55,7 @@ async def test_valid_incoming_request_id_is_echoed(client: httpx.AsyncClient, in
     assert response.headers["x-request-id"] == incoming
 
 
-@pytest.mark.parametrize(
-    "incoming", ["", "has space", "x" * 201, "bad\u00e9", "a;b", "a:b", "a/b", "a=b", "a+b", "a\tb", "a,b"]
-)
+@pytest.mark.parametrize("incoming", ["", "has space", "x" * 201, "bad\u00e9", "a;b", "a:b", "a/b", "a=b", "a+b", "a\tb", "a,b"])
 async def test_invalid_incoming_request_id_is_replaced(client: httpx.AsyncClient, incoming: str) -> None:
     response = await client.get("/health", headers={"X-Request-ID": incoming.encode()})
     generated = response.headers["x-request-id"]
@@ -72,81 +80,68 @@ async def test_an_app_sending_the_same_prepared_messages_each_time_gets_the_head
         await send(start)
         await send(body)
 
-    async with running_raw(EdgeMiddleware(fixed, access_log=False)) as client:
+    async with running_raw(stacked(fixed)) as client:
         responses = [await client.get("/") for _ in range(3)]
     for response in responses:
         assert [name for name, _ in response.headers.multi_items()].count("x-request-id") == 1
     assert start["headers"] == [(b"content-length", b"2")]
 
 
-async def test_the_edge_answers_exceptions_through_the_handlers_it_is_given(caplog: pytest.LogCaptureFixture) -> None:
-    """The edge does ExceptionMiddleware's work: a handler by the exception's class or a base class; a
-    handler that fails, or none, is the generic 500; too late to answer (the response began), only logged."""
+async def test_exception_handlers_added_to_the_app_answer_as_starlette_documents(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`app.add_exception_handler` and `app.add_route` work as Starlette documents: a KeyError handler answers
+    418; an exception no handler takes is the generic 500 problem, logged once; too late to answer (the
+    response began), it is only logged."""
 
-    async def by_base_class(request: Request, exc: Exception) -> Response:
-        return Response(f"handled {type(exc).__name__} at {request.url.path}", status_code=409)
+    async def teapot(request: Request, exc: Exception) -> Response:
+        return Response(f"handled {type(exc).__name__} at {request.url.path}", status_code=418)
 
-    async def failing(request: Request, exc: Exception) -> Response:
-        raise RuntimeError("the handler itself broke")
+    async def raises_key(request: Request) -> Response:
+        raise KeyError("boom")
 
-    async def raises(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["path"] == "/late":
+    async def raises_type(request: Request) -> Response:
+        raise TypeError("boom")
+
+    class Late:  # a bare ASGI app as a route
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
             await send({"type": "http.response.body", "body": b"sent"})
-            raise KeyError("after the start")
-        raise {"/key": KeyError, "/value": ValueError, "/type": TypeError}[scope["path"]]("boom")
+            raise ValueError("after the start")
 
-    app = EdgeMiddleware(raises, access_log=False, handlers={LookupError: by_base_class, ValueError: failing})
-    async with running_raw(app) as client:
-        key, value, other, late = [await client.get(path) for path in ("/key", "/value", "/type", "/late")]
-    assert (key.status_code, key.text) == (409, "handled KeyError at /key")
-    assert key.headers["x-request-id"] and key.headers["x-content-type-options"] == "nosniff"
-    assert_problem(value, 500)
-    assert_problem(other, 500)
-    assert (late.status_code, late.text) == (200, "sent")  # nothing more is sent: the handler is not asked
-    errors = [record for record in caplog.records if record.levelname == "ERROR"]
-    assert [str(record.exc_info[1]) for record in errors if record.exc_info] == [
-        "the handler itself broke", "boom", "'after the start'"
-    ]  # fmt: skip
+    app = create_app(make_settings())
+    app.add_exception_handler(KeyError, teapot)
+    app.add_route("/key", raises_key)
+    app.add_route("/type", raises_type)
+    app.router.routes.append(Route("/late", Late()))
+    async with running(app) as client:
+        key, other = [await client.get(path) for path in ("/key", "/type")]
+        assert (key.status_code, key.text) == (418, "handled KeyError at /key")
+        assert key.headers["x-request-id"] and key.headers["x-content-type-options"] == "nosniff"
+        assert_problem(other, 500)
+        with pytest.raises(ValueError):  # the in-process transport re-raises what a server would log and close on
+            await client.get("/late")
+    errors = [record for record in caplog.records if record.levelname == "ERROR" and record.exc_info]
+    assert [str(record.exc_info[1]) for record in errors][:1] == ["boom"]
+    assert sum(str(record.exc_info[1]) == "boom" for record in errors) == 1  # logged once
 
 
-def test_the_running_loop_is_looked_up_once_per_loop_not_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
-    """asyncio.get_running_loop() makes a getpid() system call on Python 3.11, so the edge asks once per
-    loop, not per request; a new loop in the same thread is noticed, and each request is still its own
-    task (a slow one is cut off at its deadline, the others are answered)."""
-    looked_up: list[int] = []
-    real = asyncio.get_running_loop
-    monkeypatch.setattr(asyncio, "get_running_loop", lambda: looked_up.append(1) or real())
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["path"] == "/slow":
-            await asyncio.Event().wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    edge = EdgeMiddleware(app, access_log=False, timeout=0.3)
-
-    async def requests() -> list[int]:
-        async def one(path: str) -> int:
-            sent: list[Message] = []
-
-            async def receive() -> Message:
-                return {"type": "http.request", "body": b""}
-
-            async def send(message: Message) -> None:
-                sent.append(message)
-
-            scope = {"type": "http", "method": "GET", "path": path, "headers": [], "client": None}
-            await edge(scope, receive, send)
-            return int(sent[0]["status"])
-
-        loop = real()
-        tasks = [loop.create_task(one(path)) for path in ["/"] * 20 + ["/slow"]]
-        return list(await asyncio.wait_for(asyncio.gather(*tasks), 10))
-
-    for _ in range(2):  # two loops, one after the other, in this thread
-        assert asyncio.run(requests()) == [200] * 20 + [504]
-    assert len(looked_up) == 2
+async def test_two_apps_in_one_process_record_apart(make_settings: Callable[..., Settings]) -> None:
+    """Telemetry belongs to an app: one with metrics on and one with metrics off, side by side, and neither
+    sees the other's requests."""
+    on = create_app(make_settings(METRICS_TOKEN="m" * 32))
+    off = create_app(make_settings())
+    other_on = create_app(make_settings(METRICS_TOKEN="n" * 32))
+    async with running(on) as a, running(off) as b, running(other_on) as c:
+        for _ in range(3):
+            await b.get("/health")
+        await a.get("/health")
+        assert (await b.get("/metrics", headers={"Authorization": "Bearer " + "m" * 32})).status_code == 404
+        scrape = (await a.get("/metrics", headers={"Authorization": "Bearer " + "m" * 32})).text
+        other = (await c.get("/metrics", headers={"Authorization": "Bearer " + "n" * 32})).text
+    health = re.compile(r'website_api_http_requests_total\{method="GET",route="/health",status="200"\} (\S+)')
+    assert [float(v) for v in health.findall(scrape)] == [1.0]
+    assert health.findall(other) == []
 
 
 # -- access log ------------------------------------------------------------------------------
@@ -158,7 +153,7 @@ async def test_access_log_is_one_json_line_per_request() -> None:
     async def ok(request: Request) -> Response:
         return Response(b"x", status_code=201)
 
-    app = EdgeMiddleware(Route("/made", ok), stream=stream)
+    app = stacked(Route("/made", ok), access_log=AccessLog(stream))
     async with running_raw(app) as client:
         await client.get("/made?q=1", headers={"X-Request-ID": "req-1"})
         await eventually(stream.getvalue, what="the batch of access lines to be written")
@@ -168,31 +163,6 @@ async def test_access_log_is_one_json_line_per_request() -> None:
     assert line["method"] == "GET" and line["path"] == "/made" and line["status"] == 201
     assert line["request_id"] == "req-1" and line["client"] == "127.0.0.1:40000" and line["pid"] == os.getpid()
     assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
-
-
-async def test_access_lines_name_each_client_whatever_pair_the_server_gives() -> None:
-    """The "host:port" of a connection is remembered; a server may give the client as a list (the ASGI spec
-    allows any pair), which cannot be remembered by, and is still written."""
-    stream = io.BytesIO()
-
-    async def ok(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    edge = EdgeMiddleware(ok, stream=stream)
-
-    async def ignore(message: Message) -> None:
-        pass
-
-    async def nothing() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    for client in [("10.0.0.1", 5), ["10.0.0.2", 6], ("10.0.0.1", 5), ("10.0.0.1", 7)]:
-        scope = {"type": "http", "http_version": "1.1", "method": "GET", "path": "/", "headers": [], "client": client}
-        await edge(scope, nothing, ignore)
-    edge.flush()
-    clients = [json.loads(line)["client"] for line in stream.getvalue().splitlines()]
-    assert clients == ["10.0.0.1:5", "10.0.0.2:6", "10.0.0.1:5", "10.0.0.1:7"]
 
 
 class CountingRawStream(io.RawIOBase):
@@ -216,13 +186,13 @@ async def test_access_lines_are_written_in_batches_even_to_an_unbuffered_stream(
     async def ok(request: Request) -> Response:
         return Response(b"x")
 
-    app = EdgeMiddleware(Route("/", ok), stream=stream)
-    app.FLUSH_EVERY = 60.0  # so the batch surely waits while the 40 requests are made
-    async with running_raw(app) as client:
+    access_log = AccessLog(stream)
+    access_log.FLUSH_EVERY = 60.0  # so the batch surely waits while the 40 requests are made
+    async with running_raw(stacked(Route("/", ok), access_log=access_log)) as client:
         for _ in range(40):
             await client.get("/")
         assert stream.writes == [], "nothing is written while the first line is younger than FLUSH_EVERY"
-        app.flush()  # what the timer does when it fires
+        access_log.flush()  # what the timer does when it fires
     lines = b"".join(stream.writes).splitlines()
     assert len(lines) == 40 and all(json.loads(line)["path"] == "/" for line in lines)
     assert len(stream.writes) <= len(b"".join(stream.writes)) // 100 + 1  # one batch, in as few writes as it takes
@@ -233,10 +203,13 @@ def test_lines_still_waiting_are_written_when_the_process_exits(tmp_path: Path) 
         "import asyncio\n"
         "from starlette.responses import Response\n"
         "from starlette.routing import Route\n"
-        "from service.middleware import EdgeMiddleware\n"
+        "from service.logs import AccessLog\n"
+        "from service.middleware import AccessMiddleware, RequestContextMiddleware\n"
+        "from service.telemetry import Telemetry\n"
         "async def ok(scope, receive, send):\n"
         "    await Response(b'x')(scope, receive, send)\n"
-        "app = EdgeMiddleware(ok)\n"
+        "telemetry = Telemetry()\n"
+        "app = RequestContextMiddleware(AccessMiddleware(ok, telemetry=telemetry, access_log=AccessLog()), telemetry=telemetry)\n"
         "async def main():\n"
         "    async def receive(): return {'type': 'http.request', 'body': b''}\n"
         "    async def send(message): pass\n"
@@ -257,10 +230,10 @@ async def test_access_log_can_be_switched_off(access_log: bool, lines: int) -> N
     async def ok(request: Request) -> Response:
         return Response(b"x")
 
-    app = EdgeMiddleware(Route("/", ok), access_log=access_log, stream=stream)
-    async with running_raw(app) as client:
+    log = AccessLog(stream)
+    async with running_raw(stacked(Route("/", ok), access_log=log if access_log else None)) as client:
         await client.get("/")
-        app.flush()  # whatever is waiting for the next batch is written now
+        log.flush()  # whatever is waiting for the next batch is written now
     assert len(stream.getvalue().splitlines()) == lines
 
 
@@ -338,8 +311,7 @@ async def test_streamed_body_far_over_limit_is_413(make_settings: Callable[..., 
 
 
 async def test_a_body_is_bounded_without_length_or_chunking_where_http_2_frames_it() -> None:
-    """HTTP/1 sends a body only with Content-Length or Transfer-Encoding, so a request with neither is not
-    watched; HTTP/2 frames a body without either, and that one still is."""
+    """HTTP/2 frames a body without Content-Length or Transfer-Encoding: the limit still counts its bytes."""
     received: list[bytes] = []
 
     async def reader(scope: Scope, receive: Receive, send: Send) -> None:
@@ -363,8 +335,8 @@ async def test_a_body_is_bounded_without_length_or_chunking_where_http_2_frames_
 
         scope = {"type": "http", "http_version": http_version, "method": "POST", "path": "/", "raw_path": b"/",
                  "query_string": b"", "headers": [], "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 80)}  # fmt: skip
-        edge = EdgeMiddleware(reader, access_log=False, max_body_bytes=10, handlers=EXCEPTION_HANDLERS)
-        await edge(scope, receive, send)
+        limited = RequestBodyLimitMiddleware(ExceptionMiddleware(reader, handlers=EXCEPTION_HANDLERS), max_body_size=10)
+        await stacked(limited)(scope, receive, send)
         return int(sent[0]["status"])
 
     assert await answer("2", [b"x" * 8, b"x" * 8, b""]) == 413

@@ -82,7 +82,9 @@ async def test_secrets_stay_out_of_responses_and_logs_in_process(
                          "/health/ready"):  # fmt: skip
                 await client.get(path)
             for header in (f"Bearer {ADMIN_TOKEN}x", f"Basic {ADMIN_TOKEN}", f"Bearer {ADMIN_TOKEN[:-1]}", "Bearer"):
-                response = await client.post("/announcements", json={"title": "t", "body": "b"}, headers={"Authorization": header})
+                response = await client.post(
+                    "/announcements", json={"title": "t", "body": "b"}, headers={"Authorization": header}
+                )
                 assert response.status_code == 401
             await client.get("/boom-" + ADMIN_TOKEN[:4])
     assert len(recorder.seen) == 2 * 10  # headers and body of each response
@@ -104,7 +106,9 @@ def test_secrets_stay_out_during_the_contract_run(
     schema = schemathesis.openapi.from_path(str(spec_path()), config=contract_config(admin_token=ADMIN_TOKEN))
     schema.app = recorder
     machine = schema.as_state_machine().TestCase
-    machine.settings = hypothesis.settings(machine.settings, max_examples=20, stateful_step_count=6, derandomize=True, deadline=None)
+    machine.settings = hypothesis.settings(
+        machine.settings, max_examples=20, stateful_step_count=6, derandomize=True, deadline=None
+    )
     machine().runTest()
     assert len(recorder.seen) > 50
     out = capsys.readouterr()
@@ -119,7 +123,9 @@ def test_secrets_stay_out_of_a_real_servers_output(tmp_path: Path) -> None:
         log = tmp_path / "server.log"
         with procfile_server(env, cwd=tmp_path, log=log) as (url, _):
             bodies = [httpx.get(f"{url}{p}").content for p in ("/github/repos", "/github/repos/project-001", "/health/ready")]
-            bodies.append(httpx.post(f"{url}/announcements", json={}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}!"}).content)
+            bodies.append(
+                httpx.post(f"{url}/announcements", json={}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}!"}).content
+            )
         assert github.calls, "GitHub was called with the token"
     config = subprocess.run([sys.executable, "-m", "service", "check-config"], env={**os.environ, **env},
                             capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -134,7 +140,8 @@ async def test_every_write_operation_refuses_a_request_without_the_token(make_se
         (method.upper(), path.replace("{id}", "1"))
         for path, item in spec["paths"].items()
         for method, operation in item.items()
-        if isinstance(operation, dict) and {"adminToken": []} in operation.get("security", [])
+        if isinstance(operation, dict)
+        and {"adminToken": []} in operation.get("security", [])
         and {} not in operation.get("security", [])
     ]
     assert {m for m, _ in writes} == {"POST", "PATCH", "DELETE"}

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from service.settings import DEFAULT_DATABASE_URL, Settings, SettingsError, load_settings, mask_url_password
-from tests.support import free_port
+from tests.support import ROOT, free_port
 
 
 def test_defaults_when_nothing_is_set() -> None:
@@ -222,3 +224,21 @@ def test_a_github_token_no_http_header_can_carry_stops_start_up_with_one_line(co
     assert done.stdout == "" and "Traceback" not in output and "S3cret" not in output
     assert done.stderr.startswith("configuration error: invalid GITHUB_TOKEN=***: ") and done.stderr.count("\n") == 1
     assert "visible ASCII" in done.stderr
+
+
+def test_check_config_prints_every_variable_the_service_reads_with_secrets_masked() -> None:
+    """check-config also prints what the libraries read (OTEL_*, PROMETHEUS_MULTIPROC_DIR), and .env.example
+    lists every variable it prints."""
+    done = _run_cli(
+        "check-config",
+        OTEL_EXPORTER_OTLP_ENDPOINT="https://user:otlpSECRET@collector.example:4318",
+        OTEL_EXPORTER_OTLP_HEADERS="x-api-key=headerSECRET",
+    )
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert printed["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("https://user:")
+    assert "otlpSECRET" not in done.stdout and "headerSECRET" not in done.stdout
+    assert printed["OTEL_EXPORTER_OTLP_HEADERS"] == "***"
+    example = (ROOT / ".env.example").read_text()
+    missing = [name for name in printed if not re.search(rf"^#? ?{name}=", example, re.MULTILINE)]
+    assert missing == [], f".env.example does not list {missing}"

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from service.announcements.store import SqlStore, open_store
 from service.app import create_app
+from service.database import Database, open_database
 from service.github.client import UNLISTED_LOOKUP_BURST
-from service.github.shared import SharedSql
+from service.github.shared import PAUSE_AFTER_FAILURE, SharedSql, SharedTier
 from service.settings import Settings
 from tests.github_standin import GitHubStandIn, Reply, eventually, gather, poll
 from tests.support import assert_problem, running
@@ -28,12 +28,12 @@ LIST = "/users/octo-dev/repos"
 
 def migrated(database_url: str) -> str:
     """What the release phase does on PostgreSQL (SQLite is migrated at start-up)."""
-    store = open_store(database_url, pool_size=1)
-    store.open()
+    database = open_database(database_url, pool_size=1)
+    database.open()
     try:
-        store.migrate()
+        database.migrate()
     finally:
-        store.close()
+        database.close()
     return database_url
 
 
@@ -54,6 +54,11 @@ def process(make_settings: Callable[..., Settings], standin: GitHubStandIn, data
 def app_of(client: httpx.AsyncClient) -> Starlette:
     app: Starlette = client._transport.app  # type: ignore[attr-defined]
     return app
+
+
+def shared_of(client: httpx.AsyncClient) -> SharedTier:
+    shared: SharedTier = app_of(client).state.github.cache.shared
+    return shared
 
 
 async def test_another_process_adopts_the_copy_without_calling_github(standin, process) -> None:  # type: ignore[no-untyped-def]
@@ -160,12 +165,11 @@ async def test_a_dead_holders_lease_lapses_after_the_timeout(standin, process) -
     # The visitor's wait is bounded by one timeout (3 s); waiting out the lease loop's own limit (two
     # timeouts) would take 6 s. The bound at 4.5 s leaves room for a loaded machine on both sides.
     async with process(GITHUB_TIMEOUT="3") as client:
-        store = app_of(client).announcements.store
-        assert isinstance(store, SqlStore)
+        database = shared_of(client).database
         # A process took the list's lease and died before storing anything.
         claimed_at = time.monotonic()
         claim, _ = await anyio.to_thread.run_sync(
-            lambda: SharedSql(store).claim("octo-dev/repositories", holder="dead:1:0000", now=time.time(), ttl=300, lease=3)
+            lambda: SharedSql(database).claim("octo-dev/repositories", holder="dead:1:0000", now=time.time(), ttl=300, lease=3)
         )
         assert claim.claimed
         asked_at = time.monotonic()
@@ -183,7 +187,7 @@ async def test_a_cache_hit_makes_no_database_call(standin, process) -> None:  # 
     async with process() as client:
         await client.get("/github/repos")
         await client.get("/github/repos/project-001")
-        shared = app_of(client).github.cache.shared
+        shared = shared_of(client)
         calls: list[str] = []
         original = shared._call
 
@@ -200,8 +204,8 @@ async def test_a_cache_hit_makes_no_database_call(standin, process) -> None:  # 
 
 async def test_without_the_shared_tables_each_process_serves_on_its_own(standin, process, database_url: str) -> None:  # type: ignore[no-untyped-def]
     async with process() as client:
-        store = app_of(client).announcements.store
-        await anyio.to_thread.run_sync(lambda: _drop_shared_tables(store))
+        database = shared_of(client).database
+        await anyio.to_thread.run_sync(lambda: _drop_shared_tables(database))
         first = await client.get("/github/repos/project-001")
         second = await client.get("/github/repos")
         ready = await client.get("/health/ready")
@@ -209,10 +213,34 @@ async def test_without_the_shared_tables_each_process_serves_on_its_own(standin,
     assert "shared tier unavailable" in ready.json()["checks"]["github"]["detail"]
 
 
-def _drop_shared_tables(store: SqlStore) -> None:
-    with store._transaction(write=True) as conn:
+def _drop_shared_tables(database: Database) -> None:
+    with database.transaction(write=True) as conn:
         for table in ("github_cache", "github_shared", "github_deliveries"):
-            store._execute(conn, f"DROP TABLE {table}")
+            database.execute(conn, f"DROP TABLE {table}")
+
+
+async def test_a_failed_shared_call_pauses_the_tier_and_it_answers_nothing_shared(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    database = open_database(f"sqlite:///{tmp_path}/unmigrated.db", packages=())
+    database.open()
+    reads: list[str] = []
+    tier = SharedTier(database, token=None)
+    original = tier.sql.read
+    tier.sql.read = lambda key: reads.append(key) or original(key)  # type: ignore[method-assign,func-returns-value]
+    try:
+        assert await tier.read("octo-dev/repositories") is None  # no tables: nothing shared, no error
+        assert not tier.usable and tier._runner.breaker.retry_after == PAUSE_AFTER_FAILURE == 10
+        for _ in range(5):
+            assert await tier.read("octo-dev/repositories") is None and await tier.changes() is None
+        assert reads == ["octo-dev/repositories"], "paused: no further call reaches the database"
+        assert [r.getMessage() for r in caplog.records if "shared tier unusable" in r.getMessage()] == [
+            (
+                "GitHub shared tier unusable (sqlite: the schema is not migrated; run python -m service migrate);"
+                " this process serves its own copies for now"
+            )
+        ]
+    finally:
+        await tier.drain()
+        database.close()
 
 
 async def test_readiness_names_the_last_refresh_and_the_lease_holder(standin, process) -> None:  # type: ignore[no-untyped-def]

@@ -80,8 +80,14 @@ DELIBERATE: dict[tuple[str, str], str] = {
     ("Announcement.id", "minimum"): "ids come from the database, from 1; the store's unsaved draft holds id 0",
     ("Problem.type", "format"): "msgspec has no uri-reference format; problem_response builds a URN or about:blank",
     ("Problem", "additionalProperties"): "RFC 9457 lets problems grow extension members; clients must ignore unknown ones",
-    ("Readiness.checks.github", "property"): "checks is dict[str, Check]; the github entry is a GitHubCheck (a Check with more fields), compared as its own component",
-    ("GitHubCheck.last_refresh", "format"): "written by client._time() as an RFC 3339 UTC string; msgspec has no date-time format for str",
+    (
+        "Readiness.checks.github",
+        "property",
+    ): "checks is dict[str, Check]; the github entry is a GitHubCheck (a Check with more fields), compared as its own component",
+    (
+        "GitHubCheck.last_refresh",
+        "format",
+    ): "written by client._time() as an RFC 3339 UTC string; msgspec has no date-time format for str",
     ("GitHubCheck.leases[].expires_at", "format"): "written by client._time() as an RFC 3339 UTC string",
     ("GitHubCheck.rate_limited_until", "format"): "written by client._time() as an RFC 3339 UTC string",
     ("GET /announcements query.cursor", "pattern"): "checked by decode_cursor with CURSOR (tested below) for a clearer message",

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
 
 from service.app import create_app
@@ -106,7 +105,9 @@ async def test_an_invalid_traceparent_starts_a_new_trace_and_is_never_an_error(
     assert call.headers["traceparent"].split("-")[1] == line["trace_id"]
 
 
-async def test_two_traceparent_headers_are_invalid(make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str]) -> None:
+async def test_two_traceparent_headers_are_invalid(
+    make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
     async with running(create_app(make_settings(ACCESS_LOG="true"))) as client:
         response = await client.get("/health", headers=[("traceparent", TRACEPARENT), ("traceparent", TRACEPARENT)])
         assert response.status_code == 200
@@ -114,7 +115,9 @@ async def test_two_traceparent_headers_are_invalid(make_settings: Callable[..., 
     assert access_lines(capsys.readouterr().out)[0]["trace_id"] != TRACE_ID
 
 
-async def test_each_request_without_traceparent_gets_its_own_trace(make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str]) -> None:
+async def test_each_request_without_traceparent_gets_its_own_trace(
+    make_settings: Callable[..., Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
     async with running(create_app(make_settings(ACCESS_LOG="true"))) as client:
         for _ in range(20):
             await client.get("/health")
@@ -163,7 +166,9 @@ async def test_otlp_export_has_a_server_span_per_route_template_with_a_client_sp
 
 
 def _run_python(code: str, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_without_otel_variables_no_opentelemetry_code_is_loaded(tmp_path: Path) -> None:

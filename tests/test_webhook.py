@@ -94,8 +94,34 @@ async def test_signed_delivery_refreshes_every_process_within_about_a_second(sta
         },
         {"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha1=0123"},
         {"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=ünicode".encode("latin-1")},
+        # As an attacker would try: a prefix of the right signature, nothing after the scheme, other case, the
+        # right digest under another name, padding inside, and a valid signature of another body.
+        {"X-GitHub-Event": "push", "X-Hub-Signature-256": signature(SECRET, push_payload("octo-dev", "project-001"))[:30]},
+        {"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256="},
+        {"X-GitHub-Event": "push", "X-Hub-Signature-256": signature(SECRET, push_payload("octo-dev", "project-001")).upper()},
+        {
+            "X-GitHub-Event": "push",
+            "X-Hub-Signature-256": "sha1=" + signature(SECRET, push_payload("octo-dev", "project-001"))[7:],
+        },
+        {
+            "X-GitHub-Event": "push",
+            "X-Hub-Signature-256": signature(SECRET, push_payload("octo-dev", "project-001")).replace("=", "= "),
+        },
+        {"X-GitHub-Event": "push", "X-Hub-Signature-256": signature(SECRET, push_payload("octo-dev", "project-002"))},
     ],
-    ids=["missing", "zeros", "other secret", "sha1", "not ascii"],
+    ids=[
+        "missing",
+        "zeros",
+        "other secret",
+        "sha1",
+        "not ascii",
+        "truncated",
+        "empty",
+        "upper case",
+        "renamed",
+        "space inside",
+        "other body",
+    ],
 )
 async def test_missing_or_wrong_signature_is_401_and_changes_nothing(standin, process, headers: dict[str, str | bytes]) -> None:  # type: ignore[no-untyped-def]
     async with process() as client:

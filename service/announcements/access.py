@@ -7,25 +7,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
-import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import anyio
+import anyio.to_thread
 import msgspec
-from starlette.concurrency import run_in_threadpool
 
-from service import metrics
-from service.announcements.breaker import Breaker
 from service.announcements.cache import ReadCache
-from service.announcements.models import Announcement, AnnouncementPage, AnnouncementPatch, ListQuery, NewAnnouncement
-from service.announcements.models import decode_cursor, encode_cursor
-from service.announcements.store import CALL_TIMEOUT, AnnouncementStore, Caller, StoreUnavailable, run_for
-from service.errors import ApiError, Forbidden, NotFound, Unauthorized
-from service.http import EncodedBody, EntityTags
+from service.announcements.models import (
+    Announcement,
+    AnnouncementPage,
+    AnnouncementPatch,
+    ListQuery,
+    NewAnnouncement,
+    decode_cursor,
+    encode_cursor,
+)
+from service.announcements.store import AnnouncementStore
+from service.auth import BearerToken, is_bearer
+from service.database import BlockingRunner, DatabaseUnavailable, StoreObserver
+from service.encoding import EncodedBody
+from service.errors import Forbidden, NotFound, Unauthorized
 from service.readiness import Check
 
 T = TypeVar("T")
@@ -35,10 +39,6 @@ _encoder = msgspec.json.Encoder()
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
 
 
 class Announcements:
@@ -52,14 +52,13 @@ class Announcements:
         admin_token: str | None,
         concurrency: int,
         clock: Callable[[], datetime] = _now,
+        telemetry: StoreObserver | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
-        # Compare digests so neither the content nor the length of the token leaks through timing.
-        self._admin_digest = _digest(admin_token) if admin_token else None
-        # At most the pool's size of store calls at once; callers beyond wait here, not in a worker thread.
-        self._limiter = anyio.CapacityLimiter(concurrency)
-        self._breaker = Breaker()
+        self._admin = BearerToken(admin_token) if admin_token else None
+        # At most the pool's size of store calls at once; callers beyond wait in the runner, not in a worker thread.
+        self._runner = BlockingRunner(store.kind, concurrency=concurrency, observer=telemetry)
         self.views: ReadCache[EncodedBody] = ReadCache(max_age=self.poll_interval)
         self._poller: asyncio.Task[None] | None = None  # polls once a second
         self._poll: asyncio.Task[None] | None = None  # the latest poll, maybe in flight
@@ -68,48 +67,9 @@ class Announcements:
         self._stopping = asyncio.Event()
 
     async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Every store call: blocking, so off the event loop; at most `concurrency` at once; and refused at
-        once while the database is known to be down (see `Breaker`)."""
-        self._breaker.check()
-        async with metrics.store_call(method.__name__, self._limiter), self._limiter:
-            probe = self._breaker.admit()  # again: it may have opened while this call waited for a slot
-            try:
-                result = await self._in_thread(method, *args, **kwargs)
-            except StoreUnavailable as exc:
-                self._breaker.failed(probe, exc)
-                raise
-            except ApiError:  # the database answered: not found, If-Match failed, …
-                self._breaker.succeeded(probe)
-                raise
-            except BaseException:
-                self._breaker.abandoned(probe)
-                raise
-            self._breaker.succeeded(probe)
-            return result
-
-    async def _in_thread(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """`run_in_threadpool`, but a call not back within CALL_TIMEOUT is given up: run_in_threadpool waits
-        for its thread whatever happens, so a frozen database would hold every request for ever. The thread
-        ends on its own; a write it was making is rolled back (`Caller`), unless its commit is under way:
-        that outcome is unknown, so the request waits on and its own deadline answers 504, not a 503 that
-        invites a retry."""
-        caller = Caller()
-        with anyio.CancelScope() as scope:
-
-            def give_up() -> None:
-                if caller.give_up():
-                    scope.cancel()
-
-            timer = asyncio.get_running_loop().call_later(CALL_TIMEOUT, give_up)
-            try:
-                call = functools.partial(run_for, caller, method, *args, **kwargs)
-                return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
-            except BaseException:  # cancelled (timed out, request deadline, shutdown) or failed
-                caller.give_up()
-                raise
-            finally:
-                timer.cancel()
-        raise StoreUnavailable(f"The {self.store.kind} database did not answer within {CALL_TIMEOUT:g} s.")
+        """Every store call: blocking, so off the event loop; at most `concurrency` at once; given up after
+        the call timeout; refused at once while the database is known to be down (`service.database`)."""
+        return await self._runner.run(method, *args, **kwargs)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -128,7 +88,7 @@ class Announcements:
             await self._poller
         if self._poll is not None:
             await self._poll
-        await run_in_threadpool(self.store.close)
+        await anyio.to_thread.run_sync(self.store.close)
 
     async def _poll_changes(self) -> None:
         """Polls once a second until stopped, beside the requests."""
@@ -153,16 +113,15 @@ class Announcements:
         try:
             # Bounded like every store call (a frozen database must not hold the poll, nor the requests
             # waiting for it, for ever); not through the limiter or the breaker, see above.
-            changes = await self._in_thread(self.store.changes, now=self.clock())
-        except Exception as exc:
+            changes = await self._runner.look(functools.partial(self.store.changes, now=self.clock()), queue=False)
+        except Exception as exc:  # noqa: BLE001 -- whatever the failure, the read cache goes off and says why
             if not self._poll_failing:  # once per outage, not once a second
                 logger.warning("announcements read cache off: change counter unreadable (%s)", _reason(exc))
             self._poll_failing = True  # reads go to the database, where a dead one opens the breaker
         else:
             if self._poll_failing:
                 logger.info("announcements read cache on again: change counter readable")
-            self._poll_failing = False
-            self._breaker.succeeded(False)  # the database answered: no need to wait for the next probe
+            self._poll_failing = False  # and the runner's breaker closed: the database answered, no need for a probe
             self.views.polled(started, changes.counter, changes.next_boundary)
 
     async def _cached(self, key: int | ListQuery) -> tuple[EncodedBody | None, datetime]:
@@ -173,7 +132,13 @@ class Announcements:
         if not self.read_cache:
             return None, now
         found = self.views.get(key, now)
-        if found is None and not self._poll_failing and not self.views.vouched() and not self._stopping.is_set() and self._breaker.closed:
+        if (
+            found is None
+            and not self._poll_failing
+            and not self.views.vouched()
+            and not self._stopping.is_set()
+            and self._runner.breaker.closed
+        ):
             await asyncio.shield(self._start_poll())
             now = self.clock()
             found = self.views.get(key, now)
@@ -184,12 +149,9 @@ class Announcements:
         does not open the breaker: the look waits only 1 s for a pooled connection, and a busy pool is not a
         dead database. A success closes it."""
         try:
-            self._breaker.check()
-            async with self._limiter:
-                ok, detail = await self._in_thread(self.store.readiness)
-        except StoreUnavailable as exc:
+            ok, detail = await self._runner.look(self.store.readiness)
+        except DatabaseUnavailable as exc:
             return Check("failing", exc.detail)
-        self._breaker.succeeded(False)
         return Check("ok" if ok else "failing", detail)
 
     # -- who is asking -----------------------------------------------------------------------
@@ -198,7 +160,7 @@ class Announcements:
         """For reads: True for the admin token, False for anonymous. Credentials of another scheme
         (Basic from a password-protected preview, a proxy's) are not an admin attempt; a wrong Bearer
         token is refused outright (401), so a typo is not silently served the public view."""
-        if authorization is None or authorization.partition(" ")[0].lower() != "bearer":
+        if not is_bearer(authorization):
             return False
         self._require_admin(authorization, disabled="Admin access is disabled")
         return True
@@ -210,10 +172,9 @@ class Announcements:
         self._require_admin(authorization, disabled="Admin reads are disabled")
 
     def _require_admin(self, authorization: str | None, *, disabled: str) -> None:
-        if self._admin_digest is None:
+        if self._admin is None:
             raise Forbidden(f"{disabled}: ADMIN_TOKEN is not configured on the server.")
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(_digest(given.strip()), self._admin_digest):
+        if not self._admin.matches(authorization):
             raise Unauthorized("A valid admin token is required: Authorization: Bearer <ADMIN_TOKEN>.")
 
     # -- reads and writes --------------------------------------------------------------------
@@ -260,15 +221,15 @@ class Announcements:
         self.views.invalidate(created.published_at, created.expires_at, now=self.clock())
         return created
 
-    async def update(self, id: int, patch: AnnouncementPatch, *, if_match: EntityTags | None) -> Announcement:
+    async def update(self, id: int, patch: AnnouncementPatch, *, if_match: Collection[str] | None) -> Announcement:
         updated = await self.call(self.store.update, id, patch, now=self.clock(), if_match=if_match)
         self.views.invalidate(updated.published_at, updated.expires_at, now=self.clock())
         return updated
 
-    async def delete(self, id: int, *, if_match: EntityTags | None) -> None:
+    async def delete(self, id: int, *, if_match: Collection[str] | None) -> None:
         await self.call(self.store.delete, id, if_match=if_match)
         self.views.invalidate(now=self.clock())
 
 
 def _reason(exc: Exception) -> str:
-    return str(exc.detail) if isinstance(exc, StoreUnavailable) else type(exc).__name__
+    return str(exc.detail) if isinstance(exc, DatabaseUnavailable) else type(exc).__name__

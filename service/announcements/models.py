@@ -91,9 +91,7 @@ def new_announcement(data: NewAnnouncement, *, id: int, now: datetime) -> Announ
 
 def patched(current: Announcement, patch: AnnouncementPatch, *, now: datetime) -> Announcement:
     """`current` with the patch applied and a new `updated_at`; `current` itself if nothing changes."""
-    changes = {
-        name: value for name in patch.__struct_fields__ if (value := getattr(patch, name)) is not msgspec.UNSET
-    }
+    changes = {name: value for name in patch.__struct_fields__ if (value := getattr(patch, name)) is not msgspec.UNSET}
     if "tags" in changes:
         changes["tags"] = list(dict.fromkeys(changes["tags"]))
     for name in ("published_at", "expires_at"):

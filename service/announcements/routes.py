@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import msgspec
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from service.announcements.access import Announcements
 from service.announcements.models import AnnouncementPatch, ListQuery, NewAnnouncement
-from service.http import BytesResponse, if_match, not_modified, route
+from service.announcements.store import MAX_ID
+from service.conditional import expected_etags, not_modified
 from service.json_body import QueryParser, read_json
 
 _encoder = msgspec.json.Encoder()
@@ -19,65 +23,87 @@ _PRIVATE = "private, no-store"
 # Browsers and CDNs may keep public answers but ask each time (a 304 from memory when unchanged), so
 # a write is seen on the next read.
 _PUBLIC_CACHING = [(b"cache-control", _NO_CACHE.encode())]
+_MAX_ID_DIGITS = len(str(MAX_ID))
 _parsed_query = QueryParser(ListQuery)
-
-
-def _announcements(request: Request) -> Announcements:
-    announcements: Announcements = request.scope["app"].announcements  # service.app.Service
-    return announcements
 
 
 def _json(body: object, *, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(_encoder.encode(body), status_code=status, headers=headers, media_type="application/json")
 
 
-async def list_announcements(request: Request) -> Response | BytesResponse:
-    announcements = _announcements(request)
-    query = _parsed_query(request)
-    if query.status == "all":
-        announcements.require_admin_reader(request.headers.get("authorization"))
-        page = await announcements.page(query, include_all=True)
-        return _json(page, headers={"Cache-Control": _PRIVATE})
-    view = await announcements.public_page(query)
-    return view.respond(request.scope, _PUBLIC_CACHING)
+class AnnouncementId(Convertor[int]):
+    """An id in a path: 1 to 19 ASCII digits (an id is at most 2**63 - 1). Anything else matches no route, so it
+    is a 404 however long: Starlette's `int` convertor would turn 4,301 digits into a ValueError (a 500)."""
+
+    regex = f"[0-9]{{1,{_MAX_ID_DIGITS}}}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
 
 
-async def create_announcement(request: Request) -> Response:
-    announcements = _announcements(request)
-    announcements.require_writer(request.headers.get("authorization"))
-    created = await announcements.create(await read_json(request, _new_decoder))
-    headers = {"Location": f"/announcements/{created.id}", "ETag": created.etag, "Cache-Control": _NO_CACHE}
-    return _json(created, status=201, headers=headers)
+register_url_convertor("announcement_id", AnnouncementId())
 
 
-async def get_announcement(request: Request) -> Response | BytesResponse:
-    announcements = _announcements(request)
-    if announcements.is_admin(request.headers.get("authorization")):
-        found = await announcements.get(request.path_params["id"], admin=True)
-        headers = {"ETag": found.etag, "Cache-Control": _PRIVATE}
-        if not_modified(request.scope, found.etag):
-            return Response(status_code=304, headers=headers)
-        return _json(found, headers=headers)
-    view = await announcements.public_item(request.path_params["id"])
-    return view.respond(request.scope, _PUBLIC_CACHING)
+def _id(request: Request) -> int:
+    id: int = request.path_params["id"]
+    return id
 
 
-async def update_announcement(request: Request) -> Response:
-    announcements = _announcements(request)
-    announcements.require_writer(request.headers.get("authorization"))
-    patch = await read_json(request, _patch_decoder)
-    updated = await announcements.update(request.path_params["id"], patch, if_match=if_match(request.scope))
-    return _json(updated, headers={"ETag": updated.etag, "Cache-Control": _NO_CACHE})
+class AnnouncementCollection(HTTPEndpoint):
+    """GET /announcements (public, or every one with status=all for the admin) and POST (admin)."""
+
+    async def get(self, request: Request) -> Response:
+        announcements: Announcements = request.app.state.announcements
+        query = _parsed_query(request)
+        if query.status == "all":
+            announcements.require_admin_reader(request.headers.get("authorization"))
+            page = await announcements.page(query, include_all=True)
+            return _json(page, headers={"Cache-Control": _PRIVATE})
+        view = await announcements.public_page(query)
+        return view.respond(request.headers, _PUBLIC_CACHING)
+
+    async def post(self, request: Request) -> Response:
+        announcements: Announcements = request.app.state.announcements
+        announcements.require_writer(request.headers.get("authorization"))
+        created = await announcements.create(await read_json(request, _new_decoder))
+        headers = {"Location": f"/announcements/{created.id}", "ETag": created.etag, "Cache-Control": _NO_CACHE}
+        return _json(created, status=201, headers=headers)
 
 
-async def delete_announcement(request: Request) -> Response:
-    announcements = _announcements(request)
-    announcements.require_writer(request.headers.get("authorization"))
-    await announcements.delete(request.path_params["id"], if_match=if_match(request.scope))
-    return Response(status_code=204)
+class AnnouncementItem(HTTPEndpoint):
+    """GET, PATCH and DELETE /announcements/{id}; writes honour If-Match."""
+
+    async def get(self, request: Request) -> Response:
+        announcements: Announcements = request.app.state.announcements
+        id = _id(request)
+        if announcements.is_admin(request.headers.get("authorization")):
+            found = await announcements.get(id, admin=True)
+            headers = {"ETag": found.etag, "Cache-Control": _PRIVATE}
+            if not_modified(request.headers, found.etag):
+                return Response(status_code=304, headers=headers)
+            return _json(found, headers=headers)
+        view = await announcements.public_item(id)
+        return view.respond(request.headers, _PUBLIC_CACHING)
+
+    async def patch(self, request: Request) -> Response:
+        announcements: Announcements = request.app.state.announcements
+        announcements.require_writer(request.headers.get("authorization"))
+        id = _id(request)
+        patch = await read_json(request, _patch_decoder)
+        updated = await announcements.update(id, patch, if_match=expected_etags(request.headers))
+        return _json(updated, headers={"ETag": updated.etag, "Cache-Control": _NO_CACHE})
+
+    async def delete(self, request: Request) -> Response:
+        announcements: Announcements = request.app.state.announcements
+        announcements.require_writer(request.headers.get("authorization"))
+        await announcements.delete(_id(request), if_match=expected_etags(request.headers))
+        return Response(status_code=204)
 
 
 routes = [
-    route("/announcements", get=list_announcements, post=create_announcement),
-    route("/announcements/{id:int}", get=get_announcement, patch=update_announcement, delete=delete_announcement),
+    Route("/announcements", AnnouncementCollection),
+    Route("/announcements/{id:announcement_id}", AnnouncementItem),
 ]

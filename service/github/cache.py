@@ -29,10 +29,10 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 
-from service import metrics
+from service.encoding import EncodedBody
 from service.github.errors import UpstreamFailure, UpstreamTimeout
 from service.github.shared import SharedRow, SharedTier
-from service.http import EncodedBody
+from service.telemetry import Telemetry
 
 logger = logging.getLogger("service.github")
 T = TypeVar("T")
@@ -136,8 +136,10 @@ class UpstreamCache:
         timeout: float,
         shared: SharedTier | None = None,
         clock: Callable[[], float] = time.time,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.ttl = ttl
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.stale_ttl = stale_ttl
         self.timeout = timeout  # a visitor's whole wait, and a refresh lease's length
         self.shared = shared
@@ -169,10 +171,10 @@ class UpstreamCache:
         entry = self._entries.get(key)
         now = self.clock()
         if entry is not None and now < entry.fresh_until:
-            metrics.cache_lookup(key, "hit")
+            self.telemetry.cache_lookup(key, "hit")
             return Lookup(entry, "hit", now - entry.validated_at, self.cache_control)
         lookup = await self._get_unfresh(key, source, now if since is None else since)
-        metrics.cache_lookup(key, lookup.state)
+        self.telemetry.cache_lookup(key, lookup.state)
         return lookup
 
     async def _get_unfresh(self, key: str, source: Source, since: float) -> Lookup:

@@ -12,7 +12,7 @@ import anyio
 import httpx
 import msgspec
 
-from service import API_NAME, metrics
+from service import API_NAME
 from service.errors import NotFound
 from service.github.cache import NOT_MODIFIED, Codec, Entry, Fetched, Lookup, NotModified, Source, UpstreamCache
 from service.github.errors import (
@@ -101,6 +101,7 @@ def _time(seconds: float) -> str:
 class GitHubClient:
     def __init__(self, http: httpx.AsyncClient, *, owner: str | None, cache: UpstreamCache) -> None:
         self.http = http
+        self.telemetry = cache.telemetry
         self.owner = owner
         self.cache = cache
         self.timeout = cache.timeout
@@ -385,7 +386,7 @@ class GitHubClient:
 
     def _record(self, ok: bool, detail: str) -> None:
         self._last_outcome = (ok, detail, self.clock())
-        metrics.github_outcome(detail)
+        self.telemetry.github_outcome(detail)
 
 
 class TokenBucket:

@@ -13,9 +13,9 @@ from service.errors import NotFound
 from service.github.cache import Lookup
 from service.github.client import GitHubClient
 from service.github.models import RepositoryQuery, is_valid_repository_name, select
-from service.github.webhook import receive_webhook
-from service.http import BytesResponse, route
+from service.github.webhook import WEBHOOK_MAX_BODY_BYTES, receive_webhook
 from service.json_body import QueryParser
+from service.responses import BytesResponse
 
 _encoder = msgspec.json.Encoder()
 _WHOLE = "whole"  # the view key of an entry encoded as it is
@@ -48,7 +48,7 @@ async def get_owner(request: Request) -> BytesResponse:
 
 
 def _github(request: Request) -> GitHubClient:
-    github: GitHubClient = request.scope["app"].github  # service.app.Service
+    github: GitHubClient = request.app.state.github
     return github
 
 
@@ -56,12 +56,13 @@ def _cached_response(request: Request, lookup: Lookup, view_key: Hashable, rende
     """The view's form in the coding the client accepts best (compressed once per view), or a 304."""
     view = lookup.entry.view(view_key, render)
     headers = [(b"cache-control", lookup.cache_control), (b"x-cache", lookup.state.encode()), (b"age", b"%d" % lookup.age)]
-    return view.respond(request.scope, headers)
+    return view.respond(request.headers, headers)
 
 
 routes = [
-    route("/github/repos", get=list_repositories),
-    route("/github/repos/{name}", get=get_repository),
-    route("/github/owner", get=get_owner),
-    Route("/github/webhook", receive_webhook, methods=["POST"]),
+    Route("/github/repos", list_repositories, methods=["GET"]),
+    Route("/github/repos/{name}", get_repository, methods=["GET"]),
+    Route("/github/owner", get_owner, methods=["GET"]),
+    # GitHub sends pushes of up to 25 MiB; every other route keeps the app's max_body_size.
+    Route("/github/webhook", receive_webhook, methods=["POST"], max_body_size=WEBHOOK_MAX_BODY_BYTES),
 ]

@@ -2,10 +2,10 @@
 the service's database (the SQLite file, or PostgreSQL) — cached answers with their validators, one
 refresh lease per key, the rate-limit block, the unknown-name budget, and the changes webhooks report.
 
-`SharedSql` is the blocking SQL, run on the announcements store's connections inside its transaction
-helper (migration 3 made the tables). `SharedTier` runs it off the event loop. When the database cannot
-be used, a shared call answers None ("nothing shared") and each process carries on with its own copies,
-its own rate-limit knowledge and its own budget, as a single process would.
+`SharedSql` is the blocking SQL, in transactions of the service's `Database` (the tables are
+`service.github.schema`'s migration). `SharedTier` runs it off the event loop through a `BlockingRunner` of
+its own. When the database cannot be used, a shared call answers None ("nothing shared") and each process
+carries on with its own copies, its own rate-limit knowledge and its own budget, as a single process would.
 """
 
 from __future__ import annotations
@@ -15,15 +15,11 @@ import logging
 import math
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
-import anyio
-import anyio.to_thread
-
-from service.announcements.store import SqlStore, StoreUnavailable
+from service.database import BlockingRunner, Breaker, CircuitOpen, Database, DatabaseUnavailable
 
 logger = logging.getLogger("service.github")
 T = TypeVar("T")
@@ -102,23 +98,25 @@ def _row(raw: tuple[Any, ...]) -> SharedRow:
 class SharedSql:
     """The shared tier's SQL (shared by SQLite and PostgreSQL). Every method blocks."""
 
-    def __init__(self, store: SqlStore) -> None:
-        self.store = store
+    def __init__(self, database: Database) -> None:
+        self.database = database
 
     def _x(self, conn: Any, statement: str, params: tuple[Any, ...] = ()) -> Any:
-        return self.store._execute(conn, statement, params)
+        return self.database.execute(conn, statement, params)
 
     def read(self, key: str) -> SharedRow | None:
-        with self.store._transaction(write=False, timeout=CONNECT_TIMEOUT) as conn:
+        with self.database.transaction(write=False, timeout=CONNECT_TIMEOUT) as conn:
             raw = self._x(conn, f"SELECT {_ROW} FROM github_cache WHERE key = ?", (key,)).fetchone()
         return _row(raw) if raw else None
 
     def claim(self, key: str, *, holder: str, now: float, ttl: float, lease: float) -> tuple[Claim, float]:
         """The key's row, and its lease if the copy is not fresh and nobody else holds a live lease;
         also the rate-limit block. One transaction, the row locked, so two processes never both claim."""
-        with self.store._transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
+        with self.database.transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
             self._x(conn, "INSERT INTO github_cache (key) VALUES (?) ON CONFLICT (key) DO NOTHING", (key,))
-            row = _row(self._x(conn, f"SELECT {_ROW} FROM github_cache WHERE key = ?{self.store._for_update}", (key,)).fetchone())
+            row = _row(
+                self._x(conn, f"SELECT {_ROW} FROM github_cache WHERE key = ?{self.database.for_update}", (key,)).fetchone()
+            )
             blocked = self._x(conn, "SELECT rate_limited_until FROM github_shared WHERE id = 1").fetchone()[0]
             taken = row.lease_until is not None and row.lease_until > now and row.lease_holder != holder
             if row.is_fresh(now, ttl) or taken:
@@ -132,7 +130,7 @@ class SharedSql:
         self, key: str, *, holder: str, value: bytes, validators: bytes, scope: str, digest: str, validated_at: float
     ) -> None:
         """Store a copy (unless a newer one is there already) and give up this process's lease."""
-        with self.store._transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
+        with self.database.transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
             self._x(
                 conn,
                 "INSERT INTO github_cache (key, value, validators, validators_scope, digest, validated_at) VALUES (?, ?, ?, ?, ?, ?)"
@@ -145,7 +143,7 @@ class SharedSql:
 
     def confirm(self, key: str, *, holder: str, digest: str, validators: bytes, scope: str, validated_at: float) -> None:
         """The upstream confirmed the copy with this digest (304): move its time on, give up the lease."""
-        with self.store._transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
+        with self.database.transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
             self._x(
                 conn,
                 "UPDATE github_cache SET validated_at = ?, validators = ?, validators_scope = ?"
@@ -155,7 +153,7 @@ class SharedSql:
             self._release(conn, key, holder)
 
     def release(self, key: str, *, holder: str) -> None:
-        with self.store._transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
+        with self.database.transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
             self._release(conn, key, holder)
 
     def _release(self, conn: Any, key: str, holder: str) -> None:
@@ -167,12 +165,12 @@ class SharedSql:
 
     def forget(self, key: str) -> None:
         """The upstream says the resource is gone: no process should adopt the old copy."""
-        with self.store._transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
+        with self.database.transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
             self._x(conn, "DELETE FROM github_cache WHERE key = ?", (key,))
 
     def block(self, until: float) -> None:
         """A rate-limit answer: no process calls the upstream before `until`."""
-        with self.store._transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
+        with self.database.transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
             self._x(
                 conn,
                 "UPDATE github_shared SET rate_limited_until = ? WHERE id = 1 AND rate_limited_until < ?",
@@ -182,9 +180,9 @@ class SharedSql:
     def take_lookup(self, *, now: float, burst: int, every: float) -> tuple[bool, float]:
         """One token of the deployment's unknown-name budget (`burst`, one regained every `every` s):
         whether there was one, and else how long until there is."""
-        with self.store._transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
+        with self.database.transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
             tokens, at = self._x(
-                conn, f"SELECT lookup_tokens, lookups_at FROM github_shared WHERE id = 1{self.store._for_update}"
+                conn, f"SELECT lookup_tokens, lookups_at FROM github_shared WHERE id = 1{self.database.for_update}"
             ).fetchone()
             tokens = min(float(burst), tokens + max(0.0, now - at / 1_000_000) / every)
             taken = tokens >= 1
@@ -195,19 +193,19 @@ class SharedSql:
 
     def changes(self) -> tuple[int, float]:
         """The change counter webhooks move on, and the rate-limit block."""
-        with self.store._transaction(write=False, timeout=CONNECT_TIMEOUT) as conn:
+        with self.database.transaction(write=False, timeout=CONNECT_TIMEOUT) as conn:
             changes, blocked = self._x(conn, "SELECT changes, rate_limited_until FROM github_shared WHERE id = 1").fetchone()
         return changes, blocked / 1_000_000
 
     def changed_keys(self) -> list[tuple[str, float]]:
-        with self.store._transaction(write=False, timeout=CONNECT_TIMEOUT) as conn:
+        with self.database.transaction(write=False, timeout=CONNECT_TIMEOUT) as conn:
             rows = self._x(conn, "SELECT key, changed_at FROM github_cache WHERE changed_at IS NOT NULL").fetchall()
         return [(key, changed_at / 1_000_000) for key, changed_at in rows]
 
     def mark_changed(self, delivery: str | None, keys: list[str], *, now: float) -> bool:
         """A webhook delivery says these keys changed: mark them for every process, once per delivery id.
         False if this delivery was acted on before."""
-        with self.store._transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
+        with self.database.transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
             self._x(conn, "DELETE FROM github_deliveries WHERE received_at < ?", (_us(now - DELIVERY_MEMORY),))
             if delivery is not None:
                 new = self._x(
@@ -225,7 +223,7 @@ class SharedSql:
         return True
 
     def status(self, *, now: float, list_key: str) -> TierStatus:
-        with self.store._transaction(write=False, timeout=CONNECT_TIMEOUT) as conn:
+        with self.database.transaction(write=False, timeout=CONNECT_TIMEOUT) as conn:
             found = self._x(conn, "SELECT validated_at FROM github_cache WHERE key = ?", (list_key,)).fetchone()
             leases = self._x(
                 conn, "SELECT key, lease_holder, lease_until FROM github_cache WHERE lease_until > ? ORDER BY key", (_us(now),)
@@ -242,50 +240,42 @@ class SharedTier:
     """The shared tier as the cache and the client use it: off the event loop, bounded in time, and
     None instead of an error when the database cannot be used."""
 
-    def __init__(self, store: SqlStore, *, token: str | None, clock: Callable[[], float] = time.time) -> None:
-        self.sql = SharedSql(store)
+    def __init__(self, database: Database, *, token: str | None, clock: Callable[[], float] = time.time) -> None:
+        self.database = database
+        self.sql = SharedSql(database)
         self.clock = clock
         # Who holds a lease, as /health/ready shows it: host (the dyno), worker pid, and a tag for this app.
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"
         # Validators are only reused under the token that obtained them; the token itself is never stored.
         self.scope = hashlib.sha256(token.encode()).hexdigest()[:16] if token else "anonymous"
         self.blocked_until = 0.0  # the deployment's rate-limit block, as last read or written
-        self._limiter = anyio.CapacityLimiter(2)  # its own: a hung database cannot take the announcements' threads
-        self._in_threads = 0  # calls running in worker threads, given-up ones included (see `drain`)
-        self._in_threads_lock = threading.Lock()
-        self._paused_until = -math.inf
+        # Its own threads (a hung database cannot take the announcements' ones) and a short timeout. Any
+        # failure, an unexpected one included, pauses shared calls: a dead database then costs nothing.
+        self._runner = BlockingRunner(
+            database.kind,
+            concurrency=2,
+            timeout=CALL_TIMEOUT,
+            breaker=Breaker(retry_after=PAUSE_AFTER_FAILURE),
+            trips=(Exception,),
+        )
         self._warned_at = -math.inf
 
     async def drain(self) -> None:
         """Wait (at most CALL_TIMEOUT) for calls still running in worker threads, those given up on
-        included, so the store is not closed under them at shutdown."""
-        with anyio.move_on_after(CALL_TIMEOUT):
-            while self._in_threads:
-                await anyio.sleep(0.01)
+        included, so the database is not closed under them at shutdown."""
+        await self._runner.drain(CALL_TIMEOUT)
 
     @property
     def usable(self) -> bool:
-        return self.clock() >= self._paused_until
+        """False while shared calls are paused after a failure."""
+        return not self._runner.breaker.refusing
 
     async def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
-        if not self.usable:
-            return None
-        def counted() -> T:
-            try:
-                return method(*args, **kwargs)
-            finally:
-                with self._in_threads_lock:
-                    self._in_threads -= 1
-
         try:
-            with anyio.fail_after(CALL_TIMEOUT):
-                async with self._limiter:  # a thread is counted from its start, not while it waits for a slot
-                    with self._in_threads_lock:
-                        self._in_threads += 1
-                    return await anyio.to_thread.run_sync(counted, abandon_on_cancel=True)
-        except TimeoutError:
-            self._failed(f"no answer within {CALL_TIMEOUT:g} s")
-        except StoreUnavailable as exc:
+            return await self._runner.run(method, *args, **kwargs)
+        except CircuitOpen:  # paused after a failure: nothing shared for now
+            pass
+        except DatabaseUnavailable as exc:
             self._failed(str(exc.detail))
         except Exception:  # an unexpected database answer must not stop GitHub answers
             logger.exception("GitHub shared tier: unexpected error")
@@ -294,7 +284,6 @@ class SharedTier:
 
     def _failed(self, reason: str) -> None:
         now = self.clock()
-        self._paused_until = now + PAUSE_AFTER_FAILURE
         if now - self._warned_at >= WARN_EVERY:
             self._warned_at = now
             logger.warning("GitHub shared tier unusable (%s); this process serves its own copies for now", reason)

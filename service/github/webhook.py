@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import tempfile
 from typing import Literal
 from urllib.parse import parse_qs
 
@@ -17,16 +18,17 @@ import msgspec
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from service import metrics
 from service.errors import ApiError, NotFound, ServiceUnavailable, UnsupportedMediaType
 from service.github.client import GitHubClient
 from service.github.errors import WebhookMalformed, WebhookRejected
-from service.http import BytesResponse, raw_header
+from service.responses import BytesResponse
+from service.telemetry import Telemetry
 
 # GitHub caps a delivery at 25 MB; a push of many commits runs to hundreds of KB. This route alone may
 # receive that much (MAX_BODY_BYTES still bounds every other route).
 WEBHOOK_MAX_BODY_BYTES = 25 * 1024 * 1024
-HASH_IN_THREAD_ABOVE = 1024 * 1024  # bytes of body whose signature is checked in the thread pool
+IN_MEMORY_BYTES = 1024 * 1024  # a body is held in memory up to this while it is verified; beyond, in a temporary file
+MAX_BODIES_AT_ONCE = 4  # deliveries read at the same time by one worker; more get 503 + Retry-After (GitHub redelivers)
 
 # The events that change what the service shows, and whether they may change the owner's profile too
 # (its count of public repositories).
@@ -84,56 +86,93 @@ _encoder = msgspec.json.Encoder()
 class WebhookReceiver:
     """Built in the lifespan with the GitHub client it tells about changes."""
 
-    def __init__(self, github: GitHubClient, *, secret: str | None) -> None:
+    def __init__(self, github: GitHubClient, *, secret: str | None, telemetry: Telemetry | None = None) -> None:
         self.github = github
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
         self._key = secret.encode() if secret else None
+        self._reading = 0  # bodies being read now
 
     async def receive(self, request: Request) -> BytesResponse:
-        if self._key is None:
+        """Answer one delivery, and count it; only a delivery whose signature checked out names its event."""
+        event = request.headers.get("x-github-event", "none")
+        try:
+            body = await self._verified_body(request)
+        except ApiError as exc:  # off (404) or refused (401): counted, then answered as a problem
+            self.telemetry.webhook_delivery(event, _outcome(exc), verified=False)
+            raise
+        try:
+            receipt, status = await self._act(request, body)
+        except ApiError as exc:  # 400, 415, 503
+            self.telemetry.webhook_delivery(event, _outcome(exc), verified=True)
+            raise
+        self.telemetry.webhook_delivery(receipt.event, receipt.outcome, verified=True)
+        return BytesResponse.of(_encoder.encode(receipt), status=status)
+
+    async def _verified_body(self, request: Request) -> bytes:
+        """The body, once its signature checks out. The HMAC is computed over the bytes as they arrive, which
+        are held in memory only up to IN_MEMORY_BYTES (then in a temporary file), and at most
+        MAX_BODIES_AT_ONCE bodies are read at once: an unsigned 25 MiB flood costs a worker little memory. Only
+        a verified body is read back whole."""
+        key = self._key
+        if key is None:
             raise NotFound("No webhook receiver here: GITHUB_WEBHOOK_SECRET is not configured.")
-        body = await request.body()  # at most WEBHOOK_MAX_BODY_BYTES (EdgeMiddleware)
-        await self._verify(raw_header(request.scope, b"x-hub-signature-256"), body)
+        given = request.headers.get("x-hub-signature-256")
+        if given is None:
+            raise WebhookRejected("X-Hub-Signature-256 is missing.")
+        if self._reading >= MAX_BODIES_AT_ONCE:
+            raise ServiceUnavailable("Too many deliveries are being received at once; redeliver it later.", retry_after=5)
+        self._reading += 1
+        try:
+            mac = hmac.new(key, digestmod=hashlib.sha256)
+            with tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_BYTES) as spool:
+                size = 0
+                async for chunk in request.stream():  # at most WEBHOOK_MAX_BODY_BYTES (the route's max_body_size)
+                    mac.update(chunk)
+                    size += len(chunk)
+                    if size > IN_MEMORY_BYTES:  # on disk by now: written from a worker thread
+                        await run_in_threadpool(spool.write, chunk)
+                    else:
+                        spool.write(chunk)
+                expected = b"sha256=" + mac.hexdigest().encode()
+                # Exact bytes, compared in constant time: no prefix, no other case, no padding is accepted.
+                if not hmac.compare_digest(expected, given.encode("latin-1")):
+                    raise WebhookRejected("X-Hub-Signature-256 does not match the body under GITHUB_WEBHOOK_SECRET.")
+                spool.seek(0)
+                body: bytes = await run_in_threadpool(spool.read) if size > IN_MEMORY_BYTES else spool.read()
+                return body
+        finally:
+            self._reading -= 1
+
+    async def _act(self, request: Request, body: bytes) -> tuple[Receipt, int]:
         event = request.headers.get("x-github-event")
         if not event:
             raise WebhookMalformed("X-GitHub-Event is missing.")
         delivery = request.headers.get("x-github-delivery") or None
         if event == "ping":
-            return _answer(200, Receipt(event, "pong", "Webhook set up: the signature checks out.", delivery))
+            return Receipt(event, "pong", "Webhook set up: the signature checks out.", delivery), 200
         if event not in CHANGING_EVENTS:
-            return _answer(200, Receipt(event, "ignored", "This event does not change what the service shows.", delivery))
+            return Receipt(event, "ignored", "This event does not change what the service shows.", delivery), 200
         payload = _payload(request.headers.get("content-type", ""), body)
         repository = payload.repository
         owner = self.github.owner
         if repository is None or owner is None or repository.owner.login.lower() != owner.lower():
-            return _answer(
-                200, Receipt(event, "ignored", f"Not about a repository of {owner or 'the configured owner'}.", delivery)
-            )
+            return Receipt(event, "ignored", f"Not about a repository of {owner or 'the configured owner'}.", delivery), 200
         names = [repository.name]
         if payload.changes and payload.changes.repository and payload.changes.repository.name:
             names.append(payload.changes.repository.name.from_)  # renamed: the old name's answer goes too
         shared = await self.github.upstream_changed(delivery, repositories=names, profile=CHANGING_EVENTS[event])
         if shared is False:
-            return _answer(200, Receipt(event, "duplicate", "This delivery was acted on before.", delivery))
+            return Receipt(event, "duplicate", "This delivery was acted on before.", delivery), 200
         if shared is None:
             raise ServiceUnavailable(
                 "The change could not be passed to the other processes (database unavailable); redeliver it later.",
                 retry_after=10,
             )
-        return _answer(202, Receipt(event, "refreshing", f"Refreshing {', '.join(names)} and the repository list.", delivery))
+        return Receipt(event, "refreshing", f"Refreshing {', '.join(names)} and the repository list.", delivery), 202
 
-    async def _verify(self, signature: bytes | None, body: bytes) -> None:
-        key = self._key
-        assert key is not None
-        if signature is None:
-            raise WebhookRejected("X-Hub-Signature-256 is missing.")
 
-        def digest() -> bytes:
-            return b"sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest().encode()
-
-        # Hashing a large push (up to 25 MiB, tens of ms) must not hold up the event loop.
-        expected = await run_in_threadpool(digest) if len(body) > HASH_IN_THREAD_ABOVE else digest()
-        if not hmac.compare_digest(expected, signature.strip()):
-            raise WebhookRejected("X-Hub-Signature-256 does not match the body under GITHUB_WEBHOOK_SECRET.")
+def _outcome(exc: ApiError) -> str:
+    return (exc.slug or str(exc.status)).replace("-", "_")
 
 
 def _payload(content_type: str, body: bytes) -> Payload:
@@ -156,15 +195,6 @@ def _payload(content_type: str, body: bytes) -> Payload:
         raise WebhookMalformed(f"The payload is not a GitHub event this service can read ({exc}).") from None
 
 
-def _answer(status: int, receipt: Receipt) -> BytesResponse:
-    metrics.webhook_delivery(receipt.event, receipt.outcome)
-    return BytesResponse.of(_encoder.encode(receipt), status=status)
-
-
 async def receive_webhook(request: Request) -> BytesResponse:
-    receiver: WebhookReceiver = request.scope["app"].github_webhook  # service.app.Service
-    try:
-        return await receiver.receive(request)
-    except ApiError as exc:  # refused (401 bad signature, 404 off, 400, 415, 503): counted, then answered as a problem
-        metrics.webhook_delivery(request.headers.get("x-github-event", "none"), (exc.slug or str(exc.status)).replace("-", "_"))
-        raise
+    receiver: WebhookReceiver = request.app.state.webhook
+    return await receiver.receive(request)
