@@ -97,39 +97,88 @@ class Server:
     process: subprocess.Popen[bytes]
 
     def rss_kib(self) -> int:
-        text = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+) kB", text)[1])
+        return rss_kib(self.process.pid)
+
+    def pids(self) -> list[int]:
+        """The server's process and all its descendants (a supervisor's workers, gunicorn's)."""
+        found, pending = [], [self.process.pid]
+        while pending:
+            pid = pending.pop()
+            found.append(pid)
+            with contextlib.suppress(OSError):
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    pending += [int(child) for child in (task / "children").read_text().split()]
+        return found
+
+    def workers(self) -> list[int]:
+        """The processes that answer requests: uvicorn's spawned workers when there is a supervisor
+        (not multiprocessing's resource tracker), else the server process itself."""
+        spawned = [pid for pid in self.pids()[1:] if b"spawn_main" in _cmdline(pid)]
+        return spawned or [self.process.pid]
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server and its descendants still running."""
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+        return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of one process, in KiB (0 once it has gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"VmRSS:\s+(\d+) kB", text)
+    return int(match[1]) if match else 0
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 @contextlib.contextmanager
-def server(name: str, argv: list[str], env: dict[str, str], *, cpu: str = SERVER_CPU, ready_path: str = "/health") -> Iterator[Server]:
+def server(
+    name: str, argv: list[str], env: dict[str, str], *, cpu: str = SERVER_CPU, ready_path: str = "/health"
+) -> Iterator[Server]:
     port = free_port()
     argv = [a.replace("{port}", str(port)) for a in argv]
     env = {name: value.replace("{port}", str(port)) for name, value in env.items()}
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{BIN}:{os.environ.get('PATH', '')}", **env}
-    log = open(os.devnull, "wb")  # access lines are written, as in production, and thrown away here
-    process = subprocess.Popen(["taskset", "-c", cpu, *argv], env=full_env, stdout=log, stderr=subprocess.PIPE, cwd=env.get("BENCH_CWD", ROOT))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited: {process.stderr.read().decode()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(url + ready_path, timeout=2)
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} did not start")
-            time.sleep(0.1)
-        yield Server(name, url, process)
-    finally:
-        process.send_signal(signal.SIGTERM)
+    # Access lines are written, as in production, and thrown away here. Errors go to a file, not to a
+    # pipe nobody reads while the server runs: the tracebacks a hostile scenario provokes would fill a
+    # pipe's 64 KiB and stop the server mid-write.
+    with open(os.devnull, "wb") as log, tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(
+            ["taskset", "-c", cpu, *argv], env=full_env, stdout=log, stderr=errors, cwd=env.get("BENCH_CWD", ROOT)
+        )
+        url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=25)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+            deadline = time.monotonic() + 30
+            while True:
+                if process.poll() is not None:
+                    errors.seek(0)
+                    raise RuntimeError(f"{name} exited: {errors.read().decode(errors='replace')[-2000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    httpx.get(url + ready_path, timeout=2)
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} did not start")
+                time.sleep(0.1)
+            yield Server(name, url, process)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=25)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def uvicorn(app: str) -> list[str]:
@@ -148,12 +197,23 @@ def _ms(text: str) -> float:
 
 def wrk(url: str, *, connections: int, seconds: float, script: Path | None = None, cpu: str = LOAD_CPU,
         headers: dict[str, str] | None = None) -> Measurement:  # fmt: skip
-    argv = ["taskset", "-c", cpu, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s"]
+    argv = [
+        "taskset",
+        "-c",
+        cpu,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "--timeout",
+        "10s",
+    ]
     if script:
         argv += ["-s", str(script)]
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
-    done = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 60)
+    done = subprocess.run([*argv, url], check=False, capture_output=True, text=True, timeout=seconds + 60)
     out = done.stdout
     if done.returncode != 0 or "Requests/sec" not in out:
         raise RuntimeError(f"wrk failed: {out}{done.stderr}")
@@ -183,9 +243,8 @@ def compare(targets: dict[str, str], *, rounds: int, seconds: float, warmup: flo
 
 
 def lua_script(body: str) -> Path:
-    handle = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-    handle.write(body)
-    handle.close()
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(body)
     return Path(handle.name)
 
 
@@ -204,7 +263,7 @@ def machine() -> dict[str, str]:
 
     names = ("starlette", "uvicorn", "msgspec", "httpx", "fastapi", "pydantic", "litestar", "flask", "gunicorn", "brotli")
     packages = ", ".join(f"{p} {version(p)}" for p in names)
-    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.splitlines()[0:1]
+    wrk_version = subprocess.run(["wrk", "--version"], check=False, capture_output=True, text=True).stdout.splitlines()[0:1]
     return {
         "CPU": f"{cpu}, {os.cpu_count()} cores (servers pinned to core {SERVER_CPU}, load and upstream to core {LOAD_CPU})",
         "Memory": mem,

@@ -102,18 +102,27 @@ async def measure(config: Config, path: str, requests: int, *, instructions: boo
         best = min(best, (time.perf_counter() - started) / (max(1, requests // CONNECTIONS) * CONNECTIONS))
     head = connections[0][1].head
     served = max(1, requests // CONNECTIONS) * CONNECTIONS
-    return {"us": None if instructions else best * 1e6, "requests": served, "status": int(head.split(b" ", 2)[1]) if head else 0, "head": head.decode("latin-1")}
+    return {
+        "us": None if instructions else best * 1e6,
+        "requests": served,
+        "status": int(head.split(b" ", 2)[1]) if head else 0,
+        "head": head.decode("latin-1"),
+    }
 
 
 def _count_instructions(on: bool) -> None:
     """Switch callgrind's instrumentation of this process on or off (through its gdb server)."""
-    subprocess.run(["callgrind_control", "--instr=" + ("on" if on else "off"), str(os.getpid())], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["callgrind_control", "--instr=" + ("on" if on else "off"), str(os.getpid())], check=True, stdout=subprocess.DEVNULL
+    )
 
 
 async def run(
     app: str, path: str, *, factory: bool, requests: int, instructions: bool = False, http: str = "httptools"
 ) -> dict[str, object]:
-    config = Config(app=app, factory=factory, lifespan="on", access_log=False, log_level="warning", server_header=False, http=http)
+    config = Config(
+        app=app, factory=factory, lifespan="on", access_log=False, log_level="warning", server_header=False, http=http
+    )
     config.load()
     lifespan = LifespanOn(config)
     await lifespan.startup()

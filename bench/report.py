@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-README = RESULTS.parent.parent / "README.md"
+README = RESULTS.parent / "README.md"  # bench/README.md: the latest full run only
 START, END = "<!-- performance:start -->", "<!-- performance:end -->"
 
 
@@ -33,8 +33,10 @@ def write(outcomes: list[Outcome], machine: dict[str, str], *, command: str, out
     lines = [
         "# Performance report",
         "",
-        f"Generated {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC} by `{command}`. Every figure is a median "
-        "over alternating rounds in this one run on this one machine; ratios compare contenders measured side by side.",
+        (
+            f"Generated {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC} by `{command}`. Every figure is a median "
+            "over alternating rounds in this one run on this one machine; ratios compare contenders measured side by side."
+        ),
         "",
         "| Machine | |",
         "|---|---|",
@@ -79,12 +81,12 @@ def _goals_table(outcomes: list[Outcome]) -> list[str]:
 
 
 def _update_readme(goals: list[str], machine: dict[str, str]) -> None:
-    """README's Performance section shows the latest full run."""
+    """bench/README.md shows the latest full run."""
     text = README.read_text()
     if START not in text or END not in text:
         return
     block = [START, f"Latest run ({datetime.datetime.now(datetime.UTC):%Y-%m-%d}, {machine['CPU']}):", "", *goals, "",
-             "![throughput](bench/results/throughput.png)", END]  # fmt: skip
+             "![throughput](results/throughput.png)", END]  # fmt: skip
     before, rest = text.split(START, 1)
     after = rest.split(END, 1)[1]
     README.write_text(before + "\n".join(block) + after)

@@ -4,6 +4,11 @@ like GitHub's.
 
 From the repository root: `.venv/bin/python -m bench.upstream --port 8001` serves the owner octo-dev
 (BENCH_OWNER, BENCH_UPSTREAM_REPOS and BENCH_UPSTREAM_DELAY change what it serves).
+
+Besides the listed repositories it answers `/repos/<owner>/unlisted-<anything>` with a repository of
+that name, made on the spot: bench scenario 3 asks for a new name every request, so no answer can come
+from a copy. `/_calls` counts the API calls answered, so the bench can show how many requests really
+reached GitHub.
 """
 
 from __future__ import annotations
@@ -33,6 +38,14 @@ def _etag(body: bytes) -> bytes:
 
 
 _ETAGS = {id(b): _etag(b) for b in (_LIST, _PROFILE, *_BY_NAME.values())}
+UNLISTED = "unlisted-"
+
+
+def _unlisted(name: str) -> bytes:
+    """A repository that is not on the list, named as asked."""
+    return json.dumps(
+        {**REPOS[0], "name": name, "full_name": f"{OWNER}/{name}", "html_url": f"https://github.com/{OWNER}/{name}"}
+    ).encode()
 
 
 calls = 0
@@ -56,13 +69,15 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         body = _PROFILE
     elif parts == ["users", OWNER, "repos"]:
         body = _LIST
+    elif len(parts) == 3 and parts[0] == "repos" and parts[1] == OWNER and parts[2].lower().startswith(UNLISTED):
+        body = _unlisted(parts[2])
     elif len(parts) == 3 and parts[0] == "repos":
         body = _BY_NAME.get(parts[2].lower())
     if body is None:
         await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})
         return
-    etag = _ETAGS[id(body)]
+    etag = _ETAGS.get(id(body)) or _etag(body)
     if dict(scope["headers"]).get(b"if-none-match") == etag:
         await send({"type": "http.response.start", "status": 304, "headers": [(b"etag", etag)]})
         await send({"type": "http.response.body", "body": b""})

@@ -9,7 +9,6 @@ from starlette.applications import Starlette
 
 from service.announcements.access import Announcements
 from service.app import create_app
-from service.middleware import EdgeMiddleware
 from service.settings import load_settings
 
 T = TypeVar("T")
@@ -37,7 +36,21 @@ def uncached_app() -> Starlette:
 
 
 def edgeless_app() -> Starlette:
-    """The service's routes and handlers without EdgeMiddleware: what that one layer costs (scenario 11)."""
+    """The service's routes and handlers without its own middleware (request context, access line, deadline,
+    last resort; Starlette's body limit stays): what those layers cost (scenario 11)."""
+    from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+
     app = create_app(load_settings())
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not EdgeMiddleware]
+    app.user_middleware = [m for m in app.user_middleware if m.cls is RequestBodyLimitMiddleware]
     return app
+
+
+def unbudgeted_app() -> Starlette:
+    """Every repository name not on the list is looked up upstream: the unknown-name budget (5 lookups,
+    then one per 2 minutes, which guards the rate limit) made unlimited, so bench scenario 3 can give
+    every request a key of its own, which no copy and no shared in-flight call can answer."""
+    from service.github import client
+
+    client.UNLISTED_LOOKUP_BURST = 1_000_000_000
+    client.UNLISTED_LOOKUP_EVERY = 1e-6
+    return create_app(load_settings())
