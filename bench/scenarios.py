@@ -593,7 +593,7 @@ def compression_costs(profile: Profile) -> list[Outcome]:
     import brotli
     import msgspec
 
-    from service import docs, http
+    from service import docs, encoding
     from service.github.models import Repository, RepositoryQuery, select
     from tests.fixtures.make_repos import make
 
@@ -605,17 +605,19 @@ def compression_costs(profile: Profile) -> list[Outcome]:
         return min(timeit.repeat(work, number=1, repeat=number))
 
     settings = {
-        f"gzip level {http.GZIP_LEVEL} (this service)": lambda: gzip.compress(body, http.GZIP_LEVEL, mtime=0),
+        f"gzip level {encoding.GZIP_LEVEL} (this service)": lambda: gzip.compress(body, encoding.GZIP_LEVEL, mtime=0),
         "gzip level 9 (GZipMiddleware's and Litestar's default)": lambda: gzip.compress(body, 9, mtime=0),
-        f"brotli quality {http.BROTLI_QUALITY} (this service)": lambda: brotli.compress(body, quality=http.BROTLI_QUALITY),
+        f"brotli quality {encoding.BROTLI_QUALITY} (this service)": lambda: brotli.compress(
+            body, quality=encoding.BROTLI_QUALITY
+        ),
         "brotli quality 11 (its best)": lambda: brotli.compress(body, quality=11),
     }
     rows = [
         (name, f"{len(work()):,} B", f"{len(body) / len(work()):.1f}×", f"{best(work) * 1e3:.2f} ms")
         for name, work in settings.items()
     ]
-    lazy = best(lambda: http.EncodedBody(body).form("br"))
-    eager = best(lambda: http.EncodedBody(body).compress_all())
+    lazy = best(lambda: encoding.EncodedBody(body).form("br"))
+    eager = best(lambda: encoding.EncodedBody(body).compress_all())
     rows += [("first br request for a view: lazy (br only)", "", "", f"{lazy * 1e3:.2f} ms"),
              ("first request for a view: eager (br and gzip)", "", "", f"{eager * 1e3:.2f} ms")]  # fmt: skip
     started = time.perf_counter()
@@ -625,7 +627,7 @@ def compression_costs(profile: Profile) -> list[Outcome]:
     small = []
     for count in (1, 2, 3, 5):  # real answers of about 0.4, 0.8, 1.2 and 2 KB: one to five repositories
         sample = msgspec.json.encode(select(repos, RepositoryQuery(limit=count, forks=True)))
-        br, gz = len(http.compress(sample, "br")), len(http.compress(sample, "gzip"))
+        br, gz = len(encoding.compress(sample, "br")), len(encoding.compress(sample, "gzip"))
         small.append((f"{count} repositories", f"{len(sample):,} B", f"br {br:,} B, gzip {gz:,} B",
                       f"saves {len(sample) - br:,} B"))  # fmt: skip
     return [
@@ -687,11 +689,11 @@ def time_per_request(env: dict[str, object], profile: Profile) -> list[Outcome]:
         ("raw ASGI", "bench.peers.raw_asgi:app", "/health", {}),
         ("bare Starlette", "bench.peers.starlette_floor:app", "/health", {}),
         ("Litestar", "bench.peers.litestar_app:app", "/health", peers),
-        ("this service without EdgeMiddleware (bench-only variant)", "bench.variants:edgeless_app", "/health", ours),
+        ("this service without its own middleware (bench-only variant)", "bench.variants:edgeless_app", "/health", ours),
         ("this service, ACCESS_LOG=false", "service.app:app", "/health", {**ours, "ACCESS_LOG": "false"}),
         ("this service", "service.app:app", "/health", ours),
         ("Litestar (response cache hit)", "bench.peers.litestar_app:app", "/github/repos", peers),
-        ("this service without EdgeMiddleware (bench-only variant)", "bench.variants:edgeless_app", "/github/repos", ours),
+        ("this service without its own middleware (bench-only variant)", "bench.variants:edgeless_app", "/github/repos", ours),
         ("this service (hit)", "service.app:app", "/github/repos", ours),
     ]
     requests = 2_048 if profile is SMOKE else 19_200
@@ -718,7 +720,7 @@ def time_per_request(env: dict[str, object], profile: Profile) -> list[Outcome]:
              for label, path, us, ir in measured]  # fmt: skip
     by = {(label, path): (us, ir) for label, path, us, ir in measured}
     lean = by[("this service, ACCESS_LOG=false", "/health")]
-    edgeless = by[("this service without EdgeMiddleware (bench-only variant)", "/health")]
+    edgeless = by[("this service without its own middleware (bench-only variant)", "/health")]
     full = by[("this service", "/health")]
     notes = [
         (
@@ -727,7 +729,7 @@ def time_per_request(env: dict[str, object], profile: Profile) -> list[Outcome]:
             "ratios over real sockets in scenarios 1 and 2 closer to 1 than these)."
         ),
         (
-            f"EdgeMiddleware without its access line costs {lean[0] - edgeless[0]:.1f} µs a request here (request id, trace "
+            f"The service's middleware without the access line cost {lean[0] - edgeless[0]:.1f} µs a request here (request id, trace "
             f"ids, deadline, the two headers it adds); the JSON access line {full[0] - lean[0]:.1f} µs more."
         ),
         "Time: best of 5 repeats per contender, each in its own process pinned to the servers' core.",
@@ -737,7 +739,7 @@ def time_per_request(env: dict[str, object], profile: Profile) -> list[Outcome]:
             f"Instructions: the same requests ({counted:,} a contender) under valgrind's callgrind, counted on the event "
             "loop's thread only, from the first request to the last (bench.inprocess --instructions). Unlike the times, "
             "these counts repeat to within a few tenths of a percent run after run, however busy the machine. "
-            f"EdgeMiddleware costs {(lean[1] - edgeless[1]) / 1000:.1f} k instructions, the access line "
+            f"The service's middleware cost {(lean[1] - edgeless[1]) / 1000:.1f} k instructions, the access line "
             f"{(full[1] - lean[1]) / 1000:.1f} k."
         )
     else:
