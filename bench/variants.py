@@ -37,11 +37,9 @@ def uncached_app() -> Starlette:
 
 def edgeless_app() -> Starlette:
     """The service's routes and handlers without its own middleware (request context, access line, deadline,
-    last resort; Starlette's body limit stays): what those layers cost (scenario 11)."""
-    from starlette.middleware.body_limit import RequestBodyLimitMiddleware
-
+    last resort and body limit): what those layers cost on a GET (scenario 11)."""
     app = create_app(load_settings())
-    app.user_middleware = [m for m in app.user_middleware if m.cls is RequestBodyLimitMiddleware]
+    app.user_middleware = []
     return app
 
 

@@ -9,7 +9,6 @@ from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from service import docs, health
 from service.announcements import routes as announcement_routes
@@ -28,8 +27,7 @@ from service.metrics_endpoint import metrics_route
 from service.middleware import (
     AccessMiddleware,
     CorsMiddleware,
-    DeadlineMiddleware,
-    LastResortMiddleware,
+    FallbackMiddleware,
     RequestContextMiddleware,
 )
 from service.readiness import ReadinessProbe
@@ -119,13 +117,7 @@ def create_app(
                 max_age=600,
             )
         )
-    middleware += [
-        Middleware(DeadlineMiddleware, seconds=settings.request_timeout),
-        Middleware(LastResortMiddleware),
-        # Starlette's own body limit (what `max_body_size` installs), placed inside LastResortMiddleware so its
-        # text/plain 413 leaves as problem+json; a route's own max_body_size (the webhook's) overrides it.
-        Middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_body_bytes),
-    ]
+    middleware.append(Middleware(FallbackMiddleware, seconds=settings.request_timeout, max_body_size=settings.max_body_bytes))
     metrics_token = BearerToken(settings.metrics_token) if settings.metrics_token else None
     app = Starlette(
         routes=[

@@ -187,7 +187,7 @@ def unhandled_error(scope: Scope, exc: Exception) -> Response:
 
     Starlette's own ServerErrorMiddleware answers 500 and then re-raises, so uvicorn logs the error a
     second time, as a plain-text traceback, and drops the client's keep-alive connection; the service's
-    LastResortMiddleware (service.middleware) calls this first and lets the error go no further."""
+    FallbackMiddleware (service.middleware) calls this first and lets the error go no further."""
     request_id = request_id_of(scope)
     logger.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
     return problem_response(
@@ -198,7 +198,7 @@ def unhandled_error(scope: Scope, exc: Exception) -> Response:
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    """Starlette's 500 handler (ServerErrorMiddleware), for an error raised outside LastResortMiddleware."""
+    """Starlette's 500 handler (ServerErrorMiddleware), for an error raised outside FallbackMiddleware."""
     return unhandled_error(request.scope, exc)
 
 

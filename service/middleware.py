@@ -3,9 +3,9 @@
 - `RequestContextMiddleware`: the request's id and trace (W3C trace context), echoed as X-Request-ID, and nosniff;
 - `AccessMiddleware`: the access line, the request metrics and the server span, from what the client received;
 - `CorsMiddleware`: Starlette's CORS, with refused preflights answered as problems;
-- `DeadlineMiddleware`: a request not answered in time gets 408 (its body was still arriving) or 504;
-- `LastResortMiddleware`: what no exception handler took gets a problem+json 500, logged once, the
-  connection kept; Starlette's plain-text 413 (a declared body over `max_body_size`) becomes problem+json.
+- `FallbackMiddleware`: what the service answers when the app could not: 408 or 504 past the deadline, a
+  problem+json 500 for what no exception handler took (logged once, the connection kept), and 413 for a
+  body over the limit (Starlette's RequestBodyLimitMiddleware, its answer as a problem).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from starlette.datastructures import Headers
-from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY, RequestBodyLimitMiddleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -26,7 +26,7 @@ from service import tracing
 from service.errors import problem_response, too_large_detail, unhandled_error
 from service.logs import AccessLog
 from service.telemetry import Telemetry
-from service.tracing import RequestIds, new_span_id, new_trace, parse_traceparent
+from service.tracing import RequestIds, TraceParent, new_span_id, new_trace, parse_traceparent
 
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
@@ -35,17 +35,22 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before it w
 
 
 class RequestContext:
-    """What the outer middleware know of one request: its ids, its server span (OpenTelemetry only), and
-    what was sent back: the status once the response head went out, and whether the body was finished."""
+    """One request as the middleware follow it, kept in the scope by RequestContextMiddleware, the only layer
+    that wraps `send`: its ids and server span (OpenTelemetry only); whether a response head was begun
+    (`started`, set before it is sent) and went out (`status`, set after); whether the body finished; and the
+    request's deadline, which stops applying once an answer has begun. The other layers read it rather than
+    each wrapping every message again (a wrapper per layer and message was a third of the middleware's cost)."""
 
-    __slots__ = ("ids", "span", "token", "status", "complete")
+    __slots__ = ("ids", "span", "token", "started", "status", "complete", "deadline")
 
     def __init__(self, ids: RequestIds, span: Any = None, token: Any = None) -> None:
         self.ids = ids
         self.span = span
         self.token = token
+        self.started = False
         self.status: int | None = None
         self.complete = False
+        self.deadline: asyncio.Timeout | None = None
 
 
 class RequestContextMiddleware:
@@ -62,11 +67,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        given = headers.get("x-request-id")
-        incoming_id = given if given is not None and _VALID_REQUEST_ID.fullmatch(given) else None
-        traceparents = headers.getlist("traceparent")
-        parent = parse_traceparent(traceparents[0].encode("latin-1")) if len(traceparents) == 1 else None
+        incoming_id, parent = _incoming(scope["headers"])
         otel = self.telemetry.otel
         if otel is not None:
             span, token, ids = otel.start_server_span(scope["method"], scope["path"], parent, incoming_id)
@@ -84,12 +85,37 @@ class RequestContextMiddleware:
         tracing.current.set(ids)  # not reset: the server runs each request in a task (a context) of its own
         id_header = (b"x-request-id", ids.request_id.encode())
 
-        async def send_with_ids(message: Message) -> None:
+        async def send_followed(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), id_header, _NOSNIFF]}
-            await send(message)
+                context.started = True
+                if context.deadline is not None:
+                    context.deadline.reschedule(None)  # an answer under way only finishes, or the connection closes
+                await send({**message, "headers": [*message.get("headers", ()), id_header, _NOSNIFF]})
+                context.status = message["status"]  # once it went out: a cancelled send sent nothing
+            else:
+                await send(message)
+                if not message.get("more_body", False):
+                    context.complete = True
 
-        await self.app(scope, receive, send_with_ids)
+        await self.app(scope, receive, send_followed)
+
+
+def _incoming(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, TraceParent | None]:
+    """The caller's valid X-Request-ID and its single valid traceparent, if any. The first of repeated
+    X-Request-ID headers counts; two traceparent headers are as invalid as a malformed one."""
+    request_id: str | None = None
+    traceparent: bytes | None = None
+    traceparents = 0
+    for name, value in headers:
+        if name == b"x-request-id":
+            if request_id is None:
+                text = value.decode("latin-1")
+                request_id = text if _VALID_REQUEST_ID.fullmatch(text) else ""
+        elif name == b"traceparent":
+            traceparents += 1
+            traceparent = value
+    parent = parse_traceparent(bytes(traceparent)) if traceparents == 1 and traceparent is not None else None
+    return request_id or None, parent
 
 
 class AccessMiddleware:
@@ -108,16 +134,8 @@ class AccessMiddleware:
             return
         context: RequestContext = scope[CONTEXT_KEY]
         started = time.perf_counter_ns()
-
-        async def send_observed(message: Message) -> None:
-            await send(message)
-            if message["type"] == "http.response.start":
-                context.status = message["status"]  # once it went out: a cancelled send sent nothing
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                context.complete = True
-
         try:
-            await self.app(scope, receive, send_observed)
+            await self.app(scope, receive, send)
         finally:
             seconds = (time.perf_counter_ns() - started) / 1e9
             status = CLIENT_CLOSED_REQUEST if context.status is None else context.status
@@ -128,95 +146,94 @@ class AccessMiddleware:
                 self.access_log.write(scope, status, seconds, context.ids, cut_off=cut_off)
 
 
-class DeadlineMiddleware:
-    """A request not answered within `seconds` is cancelled (asyncio.timeout) and answered 408 if its body
-    was still arriving (a slow or stalled upload), else 504. Once the response head is being sent the deadline
-    no longer applies: an answer under way only finishes, at the client's pace, or the connection closes."""
+class FallbackMiddleware:
+    """The answers of last resort, innermost of the service's layers, just outside Starlette's exception handlers:
 
-    def __init__(self, app: ASGIApp, *, seconds: float) -> None:
+    - the deadline: a request not answered within `seconds` is cancelled (asyncio.timeout) and answered 408 if
+      its body was still arriving (a slow or stalled upload), else 504. Once the response head is being sent
+      the deadline no longer applies (RequestContext reschedules it): an answer under way only finishes, at the
+      client's pace, or the connection closes; it never becomes uvicorn's plain-text 500;
+    - an exception no handler took: logged once (service.errors.unhandled_error) and answered 500 problem+json,
+      the keep-alive connection kept (Starlette's ServerErrorMiddleware would re-raise, so uvicorn logs it again
+      and drops the connection); a client gone before its body arrived (ClientDisconnect) is left alone;
+    - the body limit, with Starlette's own RequestBodyLimitMiddleware (what `max_body_size` on an app installs),
+      for methods that carry a body, so a GET pays nothing for it; a route's own `max_body_size` (the webhook's)
+      overrides it. Starlette answers a declared body over the limit with a text/plain 413; that answer leaves
+      as a problem.
+
+    One layer for the three: each is what the service answers when the app could not, and every layer costs a
+    coroutine on every request."""
+
+    def __init__(self, app: ASGIApp, *, seconds: float, max_body_size: int) -> None:
         self.app = app
         self.seconds = seconds
+        self.limited = RequestBodyLimitMiddleware(app, max_body_size=max_body_size)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        receiving = responding = False
+        context: RequestContext = scope[CONTEXT_KEY]
+        receiving = False
+        app = self.app
+        if scope["method"] not in _BODILESS:
+            receive_from = receive
 
-        async def receive_tracked() -> Message:
-            nonlocal receiving
-            receiving = True
-            message = await receive()
-            receiving = message["type"] == "http.request" and message.get("more_body", False)
-            return message
+            async def receive_followed() -> Message:
+                nonlocal receiving
+                receiving = True
+                message = await receive_from()
+                receiving = message["type"] == "http.request" and message.get("more_body", False)
+                return message
 
+            app, receive, send = self.limited, receive_followed, _problem_413(scope, receive, send)
         try:
-            async with asyncio.timeout(self.seconds) as deadline:
-
-                async def send_tracked(message: Message) -> None:
-                    nonlocal responding
-                    if not responding and message["type"] == "http.response.start":
-                        responding = True
-                        deadline.reschedule(None)
-                    await send(message)
-
-                await self.app(scope, receive_tracked, send_tracked)
+            try:
+                async with asyncio.timeout(self.seconds) as context.deadline:
+                    await app(scope, receive, send)
+            finally:
+                context.deadline = None  # over: the answers below are not the app's, and have no deadline
         except TimeoutError:
-            if responding:  # cannot happen (rescheduled), but never answer twice
+            if context.started:  # cannot happen (rescheduled), but never answer twice
                 raise
-            if receiving:
-                response = problem_response(
-                    scope, 408, slug="request-body-timeout", headers={"Connection": "close"},
-                    detail=f"The request body did not arrive within {self.seconds:g} s.",
-                )  # fmt: skip
-            else:
-                response = problem_response(
-                    scope, 504, title="Request timed out", slug="request-timeout",
-                    detail=f"The request was not answered within {self.seconds:g} s.",
-                )  # fmt: skip
-            await response(scope, receive, send)
-
-
-class LastResortMiddleware:
-    """Inside the others, just outside Starlette's exception handlers: an exception no handler took is logged
-    once (service.errors.unhandled_error) and answered 500 problem+json, and the keep-alive connection stays
-    (Starlette's ServerErrorMiddleware would re-raise, so uvicorn logs it again and drops the connection). A
-    client gone before its body arrived (ClientDisconnect) is left alone. Starlette's `max_body_size` answers a
-    declared body over the limit with a text/plain 413 of its own; that answer is sent as a problem here."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = replacing = False
-
-        async def send_checked(message: Message) -> None:
-            nonlocal started, replacing
-            if message["type"] == "http.response.start":
-                started = True
-                if message["status"] == 413 and _is_plain_text(message):
-                    replacing = True
-                    return
-            elif replacing:
-                if not message.get("more_body", False):
-                    limit = scope.get(MAX_BODY_SIZE_SCOPE_KEY)
-                    await problem_response(scope, 413, slug="payload-too-large", detail=too_large_detail(limit))(
-                        scope, receive, send
-                    )
-                return
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_checked)
+            await self._timed_out(scope, receiving)(scope, receive, send)
         except ClientDisconnect:
             return  # nobody is left to answer
         except Exception as exc:
-            if started:
+            if context.started:
                 raise  # the server closes the connection on the unfinished response
             await unhandled_error(scope, exc)(scope, receive, send)
+
+    def _timed_out(self, scope: Scope, receiving: bool) -> Response:
+        if receiving:
+            return problem_response(
+                scope, 408, slug="request-body-timeout", headers={"Connection": "close"},
+                detail=f"The request body did not arrive within {self.seconds:g} s.",
+            )  # fmt: skip
+        return problem_response(
+            scope, 504, title="Request timed out", slug="request-timeout",
+            detail=f"The request was not answered within {self.seconds:g} s.",
+        )  # fmt: skip
+
+
+_BODILESS = frozenset(("GET", "HEAD", "OPTIONS"))  # methods whose body, if any, no route reads
+
+
+def _problem_413(scope: Scope, receive: Receive, send: Send) -> Send:
+    """`send`, with Starlette's text/plain 413 (RequestBodyLimitMiddleware) replaced by a problem."""
+    replacing = False
+
+    async def send_checked(message: Message) -> None:
+        nonlocal replacing
+        if message["type"] == "http.response.start" and message["status"] == 413 and _is_plain_text(message):
+            replacing = True
+        elif not replacing:
+            await send(message)
+        elif not message.get("more_body", False):
+            limit = scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+            await problem_response(scope, 413, slug="payload-too-large", detail=too_large_detail(limit))(scope, receive, send)
+
+    return send_checked
 
 
 def _is_plain_text(message: Message) -> bool:

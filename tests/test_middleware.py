@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.app import create_app
 from service.errors import EXCEPTION_HANDLERS
 from service.logs import AccessLog
-from service.middleware import AccessMiddleware, DeadlineMiddleware, LastResortMiddleware, RequestContextMiddleware
+from service.middleware import AccessMiddleware, FallbackMiddleware, RequestContextMiddleware
 from service.settings import Settings
 from service.telemetry import Telemetry
 from tests.support import ROOT, app_with_test_routes, assert_problem, eventually, running
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.anyio
 def stacked(app: ASGIApp, *, access_log: AccessLog | None = None, timeout: float = 10.0) -> ASGIApp:
     """`app` inside the service's own middleware, in the order service.app stacks them."""
     telemetry = Telemetry()
-    inner = DeadlineMiddleware(LastResortMiddleware(app), seconds=timeout)
+    inner = FallbackMiddleware(app, seconds=timeout, max_body_size=1_000_000)
     return RequestContextMiddleware(AccessMiddleware(inner, telemetry=telemetry, access_log=access_log), telemetry=telemetry)
 
 
