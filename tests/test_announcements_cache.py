@@ -365,3 +365,35 @@ def test_a_write_through_one_server_process_is_seen_by_another_within_a_second(d
     # Promised: within a second; checked with a generous bound (the requests themselves, a busy machine),
     # still well below what a cache without the change counter would show (never, or a TTL later).
     assert max(delays) < 3.0, delays
+
+
+async def test_a_forged_cursor_is_answered_but_never_kept(served_polled_once: tuple[httpx.AsyncClient, Starlette]) -> None:
+    """Each distinct query string used to get a cached page of its own: 1,100 forged cursors grew a worker by
+    2 GB. A page after a cursor this process handed out is kept; any other cursor is read and answered."""
+    api, app = served_polled_once
+    for n in range(3):
+        assert (await api.post("/announcements", json={**POST, "title": f"Post {n}"}, headers=ADMIN)).status_code == 201
+    first = (await api.get("/announcements?limit=1")).json()
+    calls = StoreCalls(app)
+    issued = f"/announcements?limit=1&cursor={first['next_cursor']}"
+    assert (await api.get(issued)).status_code == 200
+    assert (await api.get(issued)).status_code == 200
+    assert calls.counts["list"] == 1, "the page after an issued cursor is kept"
+    views = announcements_of(app).views
+    held = views.used
+    for n in range(50):
+        forged = await api.get(f"/announcements?limit=100&cursor=0.999999999999999999.{10**17 + n}")
+        assert forged.status_code == 200 and len(forged.json()["items"]) == 3
+    assert views.used == held, "a forged cursor's page was kept"
+    assert calls.counts["list"] == 51
+
+
+def test_the_read_cache_stays_within_its_byte_budget_oldest_first(cache: tuple[ReadCache[str], Clock]) -> None:
+    views, _ = cache
+    views.budget, views.cost = 100, len
+    for n in range(10):
+        views.put(n, "x" * 30, views.ticket(), T0)
+        assert views.used <= 100
+    assert [n for n in range(10) if views.get(n, T0) is not None] == [7, 8, 9]  # the newest three fit
+    views.put("huge", "x" * 101, views.ticket(), T0)  # over the whole budget: answered elsewhere, never kept
+    assert views.get("huge", T0) is None and views.used == 90

@@ -59,7 +59,7 @@ class Announcements:
         self._admin = BearerToken(admin_token) if admin_token else None
         # At most the pool's size of store calls at once; callers beyond wait in the runner, not in a worker thread.
         self._runner = BlockingRunner(store.kind, concurrency=concurrency, observer=telemetry)
-        self.views: ReadCache[EncodedBody] = ReadCache(max_age=self.poll_interval)
+        self.views: ReadCache[EncodedBody] = ReadCache(max_age=self.poll_interval, budget=READ_CACHE_BYTES, cost=_view_cost)
         self._poller: asyncio.Task[None] | None = None  # polls once a second
         self._poll: asyncio.Task[None] | None = None  # the latest poll, maybe in flight
         self._poll_started = float("-inf")
@@ -194,14 +194,19 @@ class Announcements:
         return found
 
     async def public_page(self, query: ListQuery) -> EncodedBody:
-        """A page of the public list, encoded: from the read cache, or read and then kept there."""
+        """A page of the public list, encoded: from the read cache, or read and then kept there. A page after a
+        cursor this process did not hand out (another worker's, or a forged one) is read and answered, not kept:
+        a client cannot fill the cache with pages of its own making."""
+        if query.cursor is not None and not self.views.issued(query.cursor):
+            return EncodedBody(_encoder.encode(await self.page(query, include_all=False)))
         cached, now = await self._cached(query)
         if cached is not None:
             return cached
         ticket = self.views.ticket()
-        view = EncodedBody(_encoder.encode(await self.page(query, include_all=False, now=now)))
+        page = await self.page(query, include_all=False, now=now)
+        view = EncodedBody(_encoder.encode(page))
         if self.read_cache:
-            self.views.put(query, view, ticket, now)
+            self.views.put(query, view, ticket, now, issues=page.next_cursor)
         return view
 
     async def public_item(self, id: int) -> EncodedBody:
@@ -229,6 +234,14 @@ class Announcements:
     async def delete(self, id: int, *, if_match: Collection[str] | None) -> None:
         await self.call(self.store.delete, id, if_match=if_match)
         self.views.invalidate(now=self.clock())
+
+
+READ_CACHE_BYTES = 16 * 1024 * 1024  # a worker's budget for cached public answers, encoded forms included
+
+
+def _view_cost(view: EncodedBody) -> int:
+    """What a cached answer may come to hold: its body, compressed forms no larger than it together, headers."""
+    return 2 * len(view.body) + 1024
 
 
 def _reason(exc: Exception) -> str:

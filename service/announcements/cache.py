@@ -26,6 +26,7 @@ _NEVER = datetime.max.replace(tzinfo=UTC)
 class _View(NamedTuple, Generic[V]):
     value: V
     until: datetime  # the boundary known when it was read: served only before it
+    cost: int
 
 
 class Ticket(NamedTuple):
@@ -36,11 +37,25 @@ class Ticket(NamedTuple):
 
 
 class ReadCache(Generic[V]):
-    def __init__(self, *, max_age: float = 1.0, size: int = 1024, monotonic: Callable[[], float] = time.monotonic) -> None:
+    """Bounded in bytes: `cost` tells what a value holds, and past `budget` the oldest answers go first. A
+    page reached by a cursor is kept only for a cursor this cache issued with a page it holds (`issued`):
+    a forged cursor is answered from the database, never kept."""
+
+    def __init__(
+        self,
+        *,
+        max_age: float = 1.0,
+        budget: int = 16 * 1024 * 1024,
+        cost: Callable[[V], int] = lambda value: 0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_age = max_age  # seconds after a poll's start that it still vouches for the cache
-        self.size = size
+        self.budget = budget
+        self.cost = cost
         self.monotonic = monotonic
         self._views: dict[Hashable, _View[V]] = {}
+        self._used = 0  # bytes the views hold, as `cost` counts them
+        self._issued: set[Hashable] = set()  # cursors of the pages kept: at most one per view
         self._generation = 0  # bumped whenever cached answers may have become wrong
         self._counter: int | None = None  # the database's change counter at the last poll
         self._boundary = datetime.min.replace(tzinfo=UTC)  # nothing is cacheable before the first poll
@@ -63,14 +78,35 @@ class ReadCache(Generic[V]):
     def ticket(self) -> Ticket:
         return Ticket(self._generation, self._boundary)
 
-    def put(self, key: Hashable, value: V, ticket: Ticket, read_at: datetime) -> None:
-        """Keep what a read that started with `ticket`, at wall time `read_at`, found. Dropped if a write
-        was seen since the read started, or the boundary had already passed when it read."""
+    def issued(self, cursor: Hashable) -> bool:
+        """Whether `cursor` came with a page this cache holds (so the page after it may be kept too)."""
+        return cursor in self._issued
+
+    def put(self, key: Hashable, value: V, ticket: Ticket, read_at: datetime, *, issues: Hashable | None = None) -> None:
+        """Keep what a read that started with `ticket`, at wall time `read_at`, found, and the cursor it
+        `issues` for the next page. Dropped if a write was seen since the read started, or the boundary had
+        already passed when it read; the oldest views make room when the budget would be passed."""
         if ticket.generation != self._generation or read_at >= ticket.boundary:
             return
-        if len(self._views) >= self.size:
-            self._views.clear()
-        self._views[key] = _View(value, ticket.boundary)
+        cost = self.cost(value)
+        if cost > self.budget:
+            return
+        old = self._views.pop(key, None)
+        if old is not None:
+            self._used -= old.cost
+        while self._views and self._used + cost > self.budget:
+            oldest = next(iter(self._views))
+            self._used -= self._views.pop(oldest).cost
+        self._views[key] = _View(value, ticket.boundary, cost)
+        self._used += cost
+        if issues is not None:
+            if len(self._issued) >= max(len(self._views), 1) * 2:  # bounded by the views, whatever was evicted
+                self._issued.clear()
+            self._issued.add(issues)
+
+    @property
+    def used(self) -> int:
+        return self._used
 
     def invalidate(self, *times: datetime | None, now: datetime) -> None:
         """A write in this process committed; `times` are the publish and expiry times it wrote: one may
@@ -96,4 +132,6 @@ class ReadCache(Generic[V]):
 
     def _drop(self) -> None:
         self._views.clear()
+        self._issued.clear()
+        self._used = 0
         self._generation += 1

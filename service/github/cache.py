@@ -38,6 +38,7 @@ logger = logging.getLogger("service.github")
 T = TypeVar("T")
 
 MAX_VIEWS_PER_ENTRY = 256
+MAX_VIEW_BYTES_PER_ENTRY = 4 * 1024 * 1024  # an entry's views, encoded forms included: a worker's memory budget
 LEASE_POLL = 0.1  # seconds between looks at a row whose lease another process holds
 WATCH_EVERY = 1.0  # seconds between looks at the shared change counter (webhooks)
 NEVER = -math.inf
@@ -90,16 +91,27 @@ class Entry:
     digest: str = ""  # of the stored value: tells whether a shared copy holds this same data
     retry_at: float = NEVER  # no background refresh before then (one just failed)
     views: dict[Hashable, EncodedView] = field(default_factory=dict)
+    view_bytes: int = 0  # what the views hold, as `view_cost` counts it
 
     def view(self, key: Hashable, render: Callable[[], bytes]) -> EncodedView:
-        """The encoded answer for one view of this entry, rendered once and kept with it."""
+        """The encoded answer for one view of this entry, rendered once and kept with it. The views of an entry
+        are bounded in number and in bytes (queries are the client's choice): past either, they start over."""
         found = self.views.get(key)
         if found is None:
-            if len(self.views) >= MAX_VIEWS_PER_ENTRY:
-                self.views.clear()
             body = render()
+            cost = view_cost(body)
+            if len(self.views) >= MAX_VIEWS_PER_ENTRY or self.view_bytes + cost > MAX_VIEW_BYTES_PER_ENTRY:
+                self.views.clear()
+                self.view_bytes = 0
             found = self.views[key] = EncodedView(body)
+            self.view_bytes += cost
         return found
+
+
+def view_cost(body: bytes) -> int:
+    """The bytes an encoded view may come to hold: its body, and compressed forms no larger than it together
+    (br and gzip of JSON are far smaller), and its headers."""
+    return 2 * len(body) + 1024
 
 
 CacheState = Literal["hit", "miss", "revalidated", "stale"]
