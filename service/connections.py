@@ -46,7 +46,9 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, where a request head must be complete within HEAD_TIMEOUT seconds of the
     connection opening (the first request) or of its first byte (later ones), and within MAX_HEAD_BYTES.
 
-    Too slow: the connection is closed without an answer (nobody is reading one). Too large: 431 problem+json
+    Too slow: the connection is closed without an answer (nobody is reading one). The rest of a body that the
+    app answered without reading (a 401, a 405) is bounded the same way: it must arrive within HEAD_TIMEOUT
+    of the answer. Too large: 431 problem+json
     when no response is under way, then the connection is closed; nothing more of the head is read or kept.
     The size is counted per chunk the transport delivers, so a head is cut at most one read (256 KiB) past
     the limit, never after gathering megabytes. A body is the app's to bound (max_body_size, the deadline).
@@ -77,6 +79,25 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self.head_bytes = None
         self.cancel_head_timer()
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            # Answered before its body arrived (a 401 without a token, a 405): the rest of the body must come
+            # within HEAD_TIMEOUT too, or a client trickling it a byte a second would hold the connection.
+            self.cancel_head_timer()
+            self.head_timer = self.loop.call_later(HEAD_TIMEOUT, self.body_timed_out, cycle)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self.head_bytes is None:  # the body's end, not a head in progress: its bound is met
+            self.cancel_head_timer()
+
+    def body_timed_out(self, cycle: object) -> None:
+        self.head_timer = None
+        if self.cycle is cycle and self.cycle.more_body and not self.transport.is_closing():
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_head_timer()

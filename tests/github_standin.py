@@ -202,24 +202,5 @@ async def poll(probe: Callable[[], Awaitable[T]], *, until: Callable[[T], bool],
         await asyncio.sleep(every)
 
 
-async def eventually(condition: Callable[[], bool], *, timeout: float = 10.0, every: float = 0.02) -> bool:
-    """Whether `condition()` comes true within `timeout` seconds (checked every `every`)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(every)
-    return True
-
-
-def wait_until(condition: Callable[[], bool], *, timeout: float = 10.0, every: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(every)
-    return True
-
-
 async def gather(awaitables: Iterable[Awaitable[T]]) -> list[T]:
     return list(await asyncio.gather(*awaitables))

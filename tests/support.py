@@ -82,19 +82,25 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
 # -- waiting on conditions -------------------------------------------------------------------
 
 
-def wait_until(condition: Callable[[], object], *, timeout: float = 10, what: str = "the condition") -> None:
+# The suite's only two: both fail the test on time-out, so a forgotten `assert` cannot let a wait pass.
+
+
+def wait_until(condition: Callable[[], object], *, timeout: float = 10, what: str = "the condition", every: float = 0.01) -> None:
     """Poll `condition` until it is true; fail after `timeout` seconds (a bound against hanging, not a speed)."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(every)
 
 
-async def eventually(condition: Callable[[], object], *, timeout: float = 10, what: str = "the condition") -> None:
+async def eventually(
+    condition: Callable[[], object], *, timeout: float = 10, what: str = "the condition", every: float = 0.01
+) -> None:
     """`wait_until` for tests on the event loop."""
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.01)
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        await anyio.sleep(every)
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------

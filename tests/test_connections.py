@@ -201,3 +201,28 @@ def test_uvicorn_still_has_the_hooks_the_head_bound_extends() -> None:
     source = inspect.getsource(HttpToolsProtocol)
     for attribute in ("self.cycle", "self.connections", "self.transport", "self.loop"):
         assert attribute in source, f"uvicorn {uvicorn.__version__}: HttpToolsProtocol no longer keeps {attribute}"
+
+
+async def test_the_rest_of_a_body_answered_early_must_arrive_within_the_timeout(short_timeout: float) -> None:
+    """A 401 or 405 is answered before the body is read; a client trickling the declared body a byte at a time
+    held the connection for as long as the body took (~100 s). Now the rest has HEAD_TIMEOUT."""
+    protocol, transport = connection(answer_after=0)  # answers without reading the body
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"a")
+    for _ in range(int(short_timeout * 1.5 / 0.05)):
+        await asyncio.sleep(0.05)
+        if transport.closed:
+            break
+        protocol.data_received(b"a")  # a byte every 50 ms: each would have reset uvicorn's keep-alive timer
+    assert transport.written.startswith(b"HTTP/1.1 200") and transport.closed
+
+
+async def test_a_body_that_arrives_whole_after_an_early_answer_keeps_the_connection(short_timeout: float) -> None:
+    protocol, transport = connection(answer_after=0)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n" + b"ab")
+    await asyncio.sleep(short_timeout / 4)
+    protocol.data_received(b"cd")
+    await asyncio.sleep(short_timeout * 1.5)
+    assert not transport.closed
+    protocol.data_received(HEAD)
+    await asyncio.sleep(0.05)
+    assert transport.written.count(b"HTTP/1.1 200") == 2

@@ -19,9 +19,8 @@ import pytest
 
 from service.announcements.models import NewAnnouncement
 from service.settings import RESERVED_CONNECTIONS, SECRETS, Settings, SettingsError, load_settings
-from tests.support import free_port
+from tests.support import ROOT, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 POSTGRES = "postgres://site:S3cretPw@db.example:5432/site"
 

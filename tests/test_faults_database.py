@@ -23,11 +23,10 @@ import pytest
 from service.app import create_app
 from service.database import CALL_TIMEOUT, open_database
 from service.settings import Settings
-from tests.support import running
+from tests.support import ROOT, running
 
 TOKEN = "faults-admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class Cluster:
@@ -127,7 +126,8 @@ async def burst(api: httpx.AsyncClient, n: int = 20) -> list[tuple[int, float, s
     return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
-async def eventually(request: Callable[[], object], expected: int, within: float) -> httpx.Response:
+async def answer_within(request: Callable[[], object], expected: int, within: float) -> httpx.Response:
+    """The first answer with status `expected` within `within` seconds, else the last one (the caller asserts)."""
     deadline = time.monotonic() + within
     while True:
         response: httpx.Response = await request()  # type: ignore[misc]
@@ -162,7 +162,7 @@ async def test_stopped_database_is_503_at_once_once_known_and_is_found_again(
             assert "postgresql" in ready.json()["checks"]["database"]["detail"]
         finally:
             cluster.start()
-        assert (await eventually(lambda: api.get("/announcements"), 200, within=15)).status_code == 200
+        assert (await answer_within(lambda: api.get("/announcements"), 200, within=15)).status_code == 200
         assert (await api.get("/health/ready")).json()["checks"]["database"]["status"] == "ok"
 
 
@@ -181,7 +181,7 @@ async def test_frozen_database_is_503_at_once_once_known_and_is_found_again(
             assert ready.status_code == 503 and f"did not answer within {CALL_TIMEOUT:g} s" in ready.text
         finally:
             cluster.thaw()
-        assert (await eventually(lambda: api.get("/announcements"), 200, within=15)).status_code == 200
+        assert (await answer_within(lambda: api.get("/announcements"), 200, within=15)).status_code == 200
 
 
 async def test_a_write_given_up_on_a_frozen_database_is_not_saved_when_it_thaws(
@@ -210,7 +210,7 @@ async def test_a_write_given_up_on_a_frozen_database_is_not_saved_when_it_thaws(
                 assert time.monotonic() < deadline, "the abandoned write never finished"
                 await asyncio.sleep(0.05)
             assert conn.execute("SELECT count(*) FROM announcements").fetchone()[0] == 0
-        retried = await eventually(lambda: api.post("/announcements", json=post, headers=ADMIN), 201, within=15)
+        retried = await answer_within(lambda: api.post("/announcements", json=post, headers=ADMIN), 201, within=15)
         assert retried.status_code == 201
         listed = await api.get("/announcements")
     assert [item["title"] for item in listed.json()["items"]] == [post["title"]]  # once, not twice

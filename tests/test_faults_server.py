@@ -18,7 +18,7 @@ import pytest
 
 from service.connections import HEAD_TIMEOUT
 from tests.github_standin import GitHubStandIn
-from tests.support import ROOT, procfile_server
+from tests.support import ROOT, procfile_server, wait_until
 
 TOKEN = "faults-admin-token-0123456789"
 
@@ -50,13 +50,6 @@ def plain_lines(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if not line.startswith("{")]
 
 
-def wait_for(condition, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_an_unexpected_error_is_answered_logged_once_as_json_and_keeps_the_connection(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     env = {"DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite", "PYTHONPATH": str(ROOT)}
@@ -71,7 +64,7 @@ def test_an_unexpected_error_is_answered_logged_once_as_json_and_keeps_the_conne
             assert "server" not in headers and "date" in headers  # the production options: no software banner
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # the same keep-alive connection
             assert read_response(sock)[0] == 200
-        wait_for(lambda: any(line.get("path") == "/_test/boom" for line in json_lines(log)))
+        wait_until(lambda: any(line.get("path") == "/_test/boom" for line in json_lines(log)))
     errors = [line for line in json_lines(log) if line["level"] == "error"]
     assert len(errors) == 1, errors
     assert errors[0]["request_id"] == "boom-1" and "RuntimeError: a bug the service did not foresee" in errors[0]["exc"]
@@ -89,7 +82,7 @@ def test_a_client_leaving_mid_body_is_logged_as_its_doing_not_as_a_server_error(
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             sock.sendall(head.encode() + b'{"title": "half')
             time.sleep(0.3)  # the server is reading the body when the client goes
-        wait_for(lambda: any(line.get("request_id") == "gone-1" for line in json_lines(log)))
+        wait_until(lambda: any(line.get("request_id") == "gone-1" for line in json_lines(log)))
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             assert read_response(sock)[0] == 200
@@ -190,7 +183,7 @@ def test_with_two_workers_sigterm_refuses_new_connections_at_once_and_finishes_i
             clients = [threading.Thread(target=one) for _ in range(10)]
             for thread in clients:
                 thread.start()
-            wait_for(lambda: server_side_connections(port) == (10, 0))  # sent, accepted and read by a worker
+            wait_until(lambda: server_side_connections(port) == (10, 0))  # sent, accepted and read by a worker
             assert results == [], "requests must still be in flight when SIGTERM arrives"
             if target == "parent":
                 process.send_signal(signal.SIGTERM)
@@ -198,7 +191,7 @@ def test_with_two_workers_sigterm_refuses_new_connections_at_once_and_finishes_i
                 os.killpg(process.pid, signal.SIGTERM)
             # Each process closes the shared listening socket at its own pace (uvicorn looks every 0.1 s);
             # the kernel refuses connections once the last one has. The held requests are still in flight.
-            wait_for(lambda: connection_refused(port))
+            wait_until(lambda: connection_refused(port))
             assert results == [], "new connections must be refused before the in-flight requests finish"
             for _ in range(5):
                 with pytest.raises(ConnectionRefusedError):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -425,3 +426,33 @@ async def test_answers_of_the_edge_itself_carry_cors_headers_too(make_settings: 
 async def test_no_cors_headers_without_cors_origins(client: httpx.AsyncClient) -> None:
     response = await client.get("/health", headers={"Origin": "https://site.example"})
     assert "access-control-allow-origin" not in response.headers
+
+
+async def test_a_deadline_reached_while_the_answer_is_being_sent_lets_it_finish() -> None:
+    """A slow reader: the server's send waits for the client (flow control) past the deadline. The answer
+    under way finishes (or the connection closes); it never becomes uvicorn's plain-text 500, and the access
+    line says what the client got."""
+    sent: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def slow_client_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            await asyncio.sleep(0.5)  # the transport's buffer is full: the head waits for the client to read
+        sent.append(message)
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()
+        raise AssertionError("not reached")
+
+    stream = io.BytesIO()
+    log = AccessLog(stream)
+    scope = {"type": "http", "method": "GET", "path": "/slow-reader", "headers": [], "client": ("127.0.0.1", 1)}
+    await stacked(app, access_log=log, timeout=0.1)(scope, receive, slow_client_send)
+    log.flush()
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b"ok"
+    line = json.loads(stream.getvalue())
+    assert line["status"] == 200 and "cut_off" not in line

@@ -109,6 +109,8 @@ class GitHubClient:
         self._blocked_until = 0.0  # clock time before which GitHub is not called (rate limit)
         self._config_problem: str | None = None if owner else "GitHub owner not configured (GITHUB_OWNER)"
         self._last_outcome: tuple[bool, str, float] | None = None
+        self._warned: dict[str, float] = {}  # kind of failure -> when it was last logged
+        self._host = http.base_url.host or "the GitHub API"
         # Shared keys name the owner: a deploy with another GITHUB_OWNER does not adopt the old one's data.
         prefix = (owner or "").lower()
         self._owner_key, self._list_key, self._repository_prefix = (
@@ -387,6 +389,24 @@ class GitHubClient:
     def _record(self, ok: bool, detail: str) -> None:
         self._last_outcome = (ok, detail, self.clock())
         self.telemetry.github_outcome(detail)
+        if not ok and detail not in _LOGGED_ELSEWHERE:
+            self._warn(detail)
+
+    def _warn(self, detail: str) -> None:
+        """One warning line per kind of failure and minute, naming the upstream host (never a token or a
+        path): visitors may get stale copies or 502s for a while, and operators need to know why."""
+        now = self.clock()
+        kind = detail.split(" ", 1)[0] if detail.startswith("HTTP") else detail
+        if now - self._warned.get(kind, -math.inf) < WARN_EVERY:
+            return
+        if len(self._warned) >= 64:  # kinds are few (a status class, an exception name); bounded all the same
+            self._warned.clear()
+        self._warned[kind] = now
+        logger.warning("GitHub call to %s failed: %s; answers are served stale while a copy lasts", self._host, detail)
+
+
+WARN_EVERY = 60.0  # seconds between two warning lines about the same kind of GitHub failure
+_LOGGED_ELSEWHERE = frozenset({"credentials rejected", "rate limited"})  # those have their own lines
 
 
 class TokenBucket:

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from service.errors import ApiError, NotFound, ServiceUnavailable, UnsupportedMediaType
 from service.github.client import GitHubClient
 from service.github.errors import WebhookMalformed, WebhookRejected
+from service.github.models import is_valid_repository_name
 from service.responses import BytesResponse
 from service.telemetry import Telemetry
 
@@ -160,6 +161,10 @@ class WebhookReceiver:
         names = [repository.name]
         if payload.changes and payload.changes.repository and payload.changes.repository.name:
             names.append(payload.changes.repository.name.from_)  # renamed: the old name's answer goes too
+        if not all(is_valid_repository_name(name) for name in names):
+            # Signed, yet no repository of GitHub's could have this name (a NUL, a slash): permanent, so a
+            # 400, never a 503 that asks GitHub to redeliver, and nothing reaches the database.
+            raise WebhookMalformed("The delivery names a repository no GitHub repository could be called.")
         shared = await self.github.upstream_changed(delivery, repositories=names, profile=CHANGING_EVENTS[event])
         if shared is False:
             return Receipt(event, "duplicate", "This delivery was acted on before.", delivery), 200

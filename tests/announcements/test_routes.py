@@ -99,7 +99,7 @@ async def test_writes_without_the_right_token_are_401_and_write_nothing(
     assert (await api.get(f"/announcements/{existing}", headers=ADMIN)).json()["title"] == POST["title"]
 
 
-# Basic credentials are not an admin attempt on a public read (tests/test_announcements_access.py).
+# Basic credentials are not an admin attempt on a public read (tests/announcements/test_access.py).
 WRONG_BEARER = [h for h in WRONG_CREDENTIALS if h["Authorization"].startswith("Bearer")]
 
 
@@ -304,3 +304,14 @@ async def test_unreachable_database_is_503_while_other_endpoints_work(make_setti
     assert ready.status_code == 503 and ready.json()["checks"]["database"]["status"] == "failing"
     # A deadline, not a speed: the probe gives up after 1 s, while a request waits up to 5 s for a connection.
     assert probe_seconds < 5, "a readiness probe must not wait out the 5 s pool timeout"
+
+
+@pytest.mark.parametrize("digits", [20, 4_301, 10_000])
+async def test_an_id_longer_than_any_id_is_404_whatever_the_method(api: httpx.AsyncClient, digits: int) -> None:
+    """Starlette's int convertor turned 4,301 digits into a ValueError (a 500); no id has more than 19."""
+    path = "/announcements/" + "9" * digits
+    for method in ("GET", "HEAD", "PATCH", "DELETE"):
+        response = await api.request(method, path, headers=ADMIN, json={"title": "x"} if method == "PATCH" else None)
+        assert response.status_code == 404, (method, response.status_code)
+        if method != "HEAD":
+            assert_problem(response, 404)

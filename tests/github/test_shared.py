@@ -18,8 +18,8 @@ from service.database import Database, open_database
 from service.github.client import UNLISTED_LOOKUP_BURST
 from service.github.shared import PAUSE_AFTER_FAILURE, SharedSql, SharedTier
 from service.settings import Settings
-from tests.github_standin import GitHubStandIn, Reply, eventually, gather, poll
-from tests.support import assert_problem, running
+from tests.github_standin import GitHubStandIn, Reply, gather, poll
+from tests.support import assert_problem, eventually, running
 
 pytestmark = pytest.mark.anyio
 
@@ -252,7 +252,7 @@ async def test_readiness_names_the_last_refresh_and_the_lease_holder(standin, pr
         try:
             await anyio.sleep(0.3)
             await first.get("/github/repos")  # stale: the refresh runs in the background and holds the lease
-            assert await eventually(lambda: len(standin.calls_to(LIST)) == 2)
+            await eventually(lambda: len(standin.calls_to(LIST)) == 2, what="the second list call")
             during = (await second.get("/health/ready")).json()["checks"]["github"]
             first_worker = (await first.get("/health/ready")).json()["checks"]["github"]["worker"]
         finally:

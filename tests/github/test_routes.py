@@ -19,8 +19,8 @@ from starlette.types import ASGIApp, Message
 from service.app import create_app
 from service.github.client import UNLISTED_LOOKUP_BURST, TokenBucket
 from service.settings import Settings
-from tests.github_standin import GitHubStandIn, Reply, eventually, gather, poll
-from tests.support import assert_problem, refused_port, running
+from tests.github_standin import GitHubStandIn, Reply, gather, poll
+from tests.support import assert_problem, eventually, refused_port, running
 
 pytestmark = pytest.mark.anyio
 
@@ -395,6 +395,19 @@ async def test_connection_refused_is_502(github_client: OpenClient) -> None:
     assert_problem(response, 502)
 
 
+async def test_an_unreachable_github_is_one_warning_a_minute_naming_the_host_never_the_token(
+    github_client: OpenClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with refused_port() as port:
+        async with github_client(f"http://127.0.0.1:{port}") as client:
+            for path in ("/github/repos", "/github/owner", "/github/repos", "/github/owner"):
+                assert_problem(await client.get(path), 502)
+    warnings = [r for r in caplog.records if r.name == "service.github" and r.levelname == "WARNING"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]  # one per kind of failure and minute
+    assert "127.0.0.1" in warnings[0].getMessage() and "ConnectError" in warnings[0].getMessage()
+    assert TOKEN not in caplog.text
+
+
 async def test_owner_not_configured_is_503_and_ready_says_so(make_settings: Callable[..., Settings]) -> None:
     async with running(create_app(make_settings())) as client:
         for path in ("/github/repos", "/github/owner", "/github/repos/x"):
@@ -488,11 +501,11 @@ async def test_hanging_github_does_not_hold_up_a_stale_copy(standin: GitHubStand
             responses = await gather(client.get("/github/repos") for _ in range(10))
             elapsed = time.monotonic() - started
             lists = lambda: len(standin.calls_to("/users/octo-dev/repos"))  # noqa: E731
-            refreshing = await eventually(lambda: lists() == 2)  # the refresh runs in the background …
+            await eventually(lambda: lists() == 2, what="the background refresh")  # the refresh runs in the background …
             await anyio.sleep(0.2)
         finally:
             standin.hold.set()
-    assert refreshing and lists() == 2  # … once for all ten
+    assert lists() == 2  # … once for all ten
     assert [r.status_code for r in responses] == [200] * 10
     assert {r.headers["x-cache"] for r in responses} == {"stale"} and {r.content for r in responses} == {good.content}
     # A bound at the deadline, not a speed: waiting for GitHub would take the whole GITHUB_TIMEOUT (3 s).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -251,6 +252,9 @@ async def test_form_encoded_delivery_is_read_too(standin, process) -> None:  # t
         ({}, b'{"repository": {"name": 5, "owner": {"login": "octo-dev"}}}', 400),
         ({"Content-Type": "text/plain"}, push_payload("octo-dev", "project-001"), 415),
         ({"Content-Type": "application/x-www-form-urlencoded"}, b"other=1", 400),
+        # A name no repository can have (a NUL): permanent, so 400 on both stores, never a 503 to redeliver.
+        ({}, push_payload("octo-dev", "project\u0000001"), 400),
+        ({}, push_payload("octo-dev", "a/../b"), 400),
     ],
 )
 async def test_signed_but_unreadable_delivery_is_a_problem(
@@ -284,3 +288,33 @@ def test_webhook_secret_is_a_masked_setting_of_at_least_16_characters() -> None:
     with pytest.raises(SettingsError) as error:
         load_settings({"GITHUB_WEBHOOK_SECRET": "too-short-secret"[:15]})
     assert "GITHUB_WEBHOOK_SECRET=***" in str(error.value) and "too-short" not in str(error.value)
+
+
+async def test_bodies_read_at_once_are_capped_and_the_rest_asked_to_retry(
+    standin, process, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Unsigned 25 MiB bodies used to be read whole, 16 at once. Now at most MAX_BODIES_AT_ONCE are read at a
+    time (verified as they stream, held in memory only up to IN_MEMORY_BYTES); one more is 503 + Retry-After,
+    which GitHub answers by redelivering."""
+    from service.github import webhook
+
+    monkeypatch.setattr(webhook, "MAX_BODIES_AT_ONCE", 1)
+    release = asyncio.Event()
+
+    async def trickled() -> AsyncIterator[bytes]:
+        yield b"{" + b" " * 2_000_000  # past IN_MEMORY_BYTES: spooled to a temporary file
+        await release.wait()
+        yield b"}"
+
+    headers = {"Content-Type": "application/json", "X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64}
+    async with process() as client:
+        first = asyncio.ensure_future(client.post("/github/webhook", content=trickled(), headers=headers))
+        await asyncio.sleep(0.2)  # the first body is being read
+        second = await client.post("/github/webhook", content=b"{}", headers=headers)
+        release.set()
+        first_response = await first
+        third = await client.post("/github/webhook", content=b"{}", headers=headers)
+    problem = assert_problem(second, 503)
+    assert second.headers["retry-after"] == "5" and "redeliver" in problem["detail"]
+    assert_problem(first_response, 401)  # read to its end, then refused: the signature does not match
+    assert_problem(third, 401)  # the slot is free again
