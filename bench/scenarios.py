@@ -71,6 +71,7 @@ def environment(profile: Profile) -> Iterator[dict[str, object]]:
         database = workdir / "bench.db"
         ours_env = {"GITHUB_OWNER": "octo-dev", "GITHUB_API_URL": upstream.url, "DATABASE_URL": f"sqlite:///{database}",
                     "ADMIN_TOKEN": ADMIN_TOKEN, "ACCESS_LOG": "true", "LOG_LEVEL": "warning", "BENCH_CWD": str(workdir),
+                    "SITE_URL": "https://example.com",
                     **harness.PROCFILE_ENV}  # fmt: skip
         with server("seed", harness.PROCFILE, ours_env) as seed:
             for i in range(30):
@@ -119,6 +120,10 @@ def side_by_side(env: dict[str, object], profile: Profile) -> list[Outcome]:
             "FastAPI /github/repos (hit)": f"{fastapi.url}/github/repos",
             "Litestar /github/repos (response cache hit)": f"{litestar.url}/github/repos",
             "this service /announcements (read cache)": f"{ours.url}/announcements",
+            "this service /announcements/feed.atom": f"{ours.url}/announcements/feed.atom",
+            "this service /announcements/feed.json": f"{ours.url}/announcements/feed.json",
+            "this service /announcements/2 (by id)": f"{ours.url}/announcements/2",
+            "this service /announcements/slug/announcement-1": f"{ours.url}/announcements/slug/announcement-1",
             "this service /announcements, read cache off (bench-only variant)": f"{uncached.url}/announcements",
             "FastAPI /announcements (sync def)": f"{fastapi.url}/announcements",
             "Litestar /announcements (sync_to_thread)": f"{litestar.url}/announcements",
@@ -134,7 +139,7 @@ def side_by_side(env: dict[str, object], profile: Profile) -> list[Outcome]:
         },
         [
             Goal("this service / raw-ASGI floor", ours_health / rps["raw ASGI /health"], 0.65),
-            Goal("this service / bare Starlette", ours_health / rps["bare Starlette /health"], 0.9),
+            Goal("this service / bare Starlette", ours_health / rps["bare Starlette /health"], 0.85),
             Goal("this service / FastAPI", ours_health / rps["FastAPI /health"], 2.3),
             Goal("this service / Litestar", ours_health / rps["Litestar /health"], 1.5),
         ],
@@ -219,7 +224,29 @@ def side_by_side(env: dict[str, object], profile: Profile) -> list[Outcome]:
             )
         ],
     )
-    return [s1, s2, s8, s10]
+    by_id = rps["this service /announcements/2 (by id)"]
+    s13 = Outcome(
+        "13. Content reads: feeds and an announcement by slug, from memory (64 connections, SQLite)",
+        {
+            k: series[k]
+            for k in (
+                "this service /github/repos (hit)",
+                "this service /announcements (read cache)",
+                "this service /announcements/feed.atom",
+                "this service /announcements/feed.json",
+                "this service /announcements/2 (by id)",
+                "this service /announcements/slug/announcement-1",
+            )
+        },
+        [
+            Goal("/announcements (with body_html) / cached /github/repos", ours_read / ours_hit, 0.8),
+            Goal("feed.atom / cached /github/repos", rps["this service /announcements/feed.atom"] / ours_hit, 0.8),
+            Goal("feed.json / cached /github/repos", rps["this service /announcements/feed.json"] / ours_hit, 0.8),
+            Goal("by slug / by id", rps["this service /announcements/slug/announcement-1"] / by_id, 0.8),
+        ],
+        ["Feeds (the 20 newest, HTML content included) and single announcements are pre-encoded views of the read cache."],
+    )
+    return [s1, s2, s8, s10, s13]
 
 
 def compressed_cache_hit(env: dict[str, object], profile: Profile) -> list[Outcome]:
@@ -792,7 +819,7 @@ def _instructions(out: Path, app: str, path: str, requests: int, env: dict[str, 
 # `python -m bench --only NAME|NUMBER ...`: each function below gives the scenarios numbered beside it,
 # and runs when any of them (or its name) is asked for.
 SELECTABLE = {
-    "side-by-side": ("1", "2", "8", "10"),
+    "side-by-side": ("1", "2", "8", "10", "13"),
     "compressed": ("7",),
     "cache-disabled": ("3",),
     "event-loop": ("4",),

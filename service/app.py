@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from service import docs, health
 from service.announcements import routes as announcement_routes
 from service.announcements.access import Announcements
+from service.announcements.feeds import FeedSite
 from service.announcements.store import AnnouncementStore
 from service.auth import BearerToken
 from service.database import open_database
@@ -48,6 +49,13 @@ class AppState(Protocol):
     readiness: dict[str, ReadinessProbe]
 
 
+def feed_site(settings: Settings) -> FeedSite | None:
+    """Where the feeds link to, or None without SITE_URL."""
+    if settings.site_url is None:
+        return None
+    return FeedSite(settings.site_url.rstrip("/"), settings.announcement_path, settings.site_title)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -77,6 +85,7 @@ def create_app(
                 admin_token=settings.admin_token,
                 concurrency=settings.database_pool_size,
                 telemetry=telemetry,
+                site=feed_site(settings),
             )
             await announcements.start()  # opens the database (and migrates SQLite); its stop closes it
             resources.push_async_callback(announcements.stop)
@@ -89,7 +98,9 @@ def create_app(
                 shared=shared,
                 telemetry=telemetry,
             )
-            state.github = github = GitHubClient(http, owner=settings.github_owner, cache=cache)
+            state.github = github = GitHubClient(
+                http, owner=settings.github_owner, cache=cache, authenticated=settings.github_token is not None
+            )
             state.webhook = WebhookReceiver(github, secret=settings.github_webhook_secret, telemetry=telemetry)
             cache.start()
             resources.push_async_callback(cache.close)

@@ -41,6 +41,7 @@ RETRY_AFTER = 2  # seconds a 503 tells clients to wait; also how long calls are 
 RECONNECT_TIMEOUT = 5.0  # the pool gives up a reconnection series after this; the next call starts a new one
 STATEMENT_TIMEOUT_MS = 5000
 SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_CACHE_KIB = 1024  # page cache per connection; at most 4 idle connections kept: a few MiB a worker
 # The packages that own tables, in the order their migrations are registered.
 SCHEMA_PACKAGES = ("service.announcements", "service.github")
 
@@ -87,11 +88,14 @@ def sqlite_path(database_url: str) -> Path:
 
 class Migration(NamedTuple):
     """One schema change. Versions are one sequence across packages (schema_migrations records them);
-    `ddl` maps a dialect ("sqlite", "postgres") to statements separated by semicolons (none inside them)."""
+    `ddl` maps a dialect ("sqlite", "postgres") to statements separated by semicolons (none inside them).
+    `then`, if given, runs after the DDL in the same transaction: for what SQL alone cannot compute (rows
+    filled by Python code)."""
 
     version: int
     name: str
     ddl: Mapping[str, str]
+    then: Callable[[Database, Any], None] | None = None
 
 
 # -- who a call runs for -------------------------------------------------------------------------
@@ -144,6 +148,7 @@ class Database:
     for_update = ""  # row lock for read-then-write; SQLite's BEGIN IMMEDIATE already serialises writers
     placeholder = "?"
     unavailable_errors: tuple[type[BaseException], ...] = ()
+    unique_violation_errors: tuple[type[BaseException], ...] = ()  # a UNIQUE index refused a row
 
     def __init__(self) -> None:
         self._migrations: dict[int, tuple[str, Migration]] = {}
@@ -225,6 +230,8 @@ class Database:
                     continue
                 for statement in migration.ddl[self.dialect].split(";"):  # SQLite runs one statement per call
                     self.execute(conn, statement)
+                if migration.then is not None:
+                    migration.then(self, conn)
                 self.execute(
                     conn,
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
@@ -248,17 +255,20 @@ def _micros(moment: datetime) -> int:
 
 
 class SQLiteDatabase(Database):
-    """An embedded file: one connection per worker thread, WAL so readers never wait for the writer."""
+    """An embedded file: a few connections shared by the worker threads, WAL so readers never wait for the writer."""
 
     kind = "sqlite"
     dialect = "sqlite"
     unavailable_errors = (sqlite3.OperationalError,)
+    unique_violation_errors = (sqlite3.IntegrityError,)
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, idle: int = 4) -> None:
         super().__init__()
         self.path = path
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # Connections not in use, handed to whichever worker thread needs one. One per thread instead would
+        # keep up to 40 (anyio's thread pool), each with its own page cache: tens of MB a worker, measured.
+        self._idle: list[sqlite3.Connection] = []
+        self._keep_idle = idle
         self._lock = threading.Lock()
 
     def open(self) -> None:
@@ -266,37 +276,45 @@ class SQLiteDatabase(Database):
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        self._local = threading.local()
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
-    def _thread_connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000
-            )
-            conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")  # a 201 means the row survives a crash
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
+    def _take(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")  # a 201 means the row survives a crash
+        conn.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")  # its page cache, in KiB
         return conn
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            if len(self._idle) < self._keep_idle:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     @contextlib.contextmanager
     def _connection(self, *, write: bool, timeout: float) -> Iterator[sqlite3.Connection]:
-        conn = self._thread_connection()
-        # IMMEDIATE takes the write lock up front, so read-then-write cannot be overtaken by another writer.
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        conn = self._take()
         try:
-            yield conn
+            # IMMEDIATE takes the write lock up front, so read-then-write cannot be overtaken by another writer.
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already (e.g. disk full)
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already (e.g. disk full)
-                conn.execute("ROLLBACK")
+            conn.close()  # in an unknown state (a failed COMMIT, a BEGIN that timed out): not reused
             raise
-        conn.execute("COMMIT")
+        self._give_back(conn)
 
 
 class PostgresDatabase(Database):
@@ -318,6 +336,7 @@ class PostgresDatabase(Database):
             psycopg.errors.QueryCanceled,  # statement_timeout
             psycopg.errors.UndefinedTable,  # not migrated yet
         )
+        self.unique_violation_errors = (psycopg.errors.UniqueViolation,)
         params = psycopg.conninfo.conninfo_to_dict(database_url)
         params.setdefault("sslmode", "require")  # Heroku's databases want TLS; a URL may say otherwise
         params.setdefault("connect_timeout", 5)

@@ -81,6 +81,11 @@ class NotFound(ApiError):
     status = 404
 
 
+class Conflict(ApiError):
+    status = 409
+    slug = "conflict"
+
+
 class PreconditionFailed(ApiError):
     status = 412
     slug = "precondition-failed"

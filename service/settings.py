@@ -48,6 +48,9 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     admin_token: Annotated[str, msgspec.Meta(min_length=16, max_length=512, pattern=HEADER_SAFE)] | None = None
     github_webhook_secret: Annotated[str, msgspec.Meta(min_length=16, max_length=512, pattern=HEADER_SAFE)] | None = None
     metrics_token: Annotated[str, msgspec.Meta(min_length=16, max_length=512, pattern=HEADER_SAFE)] | None = None
+    site_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")] | None = None
+    announcement_path: Annotated[str, msgspec.Meta(pattern=r"^/[^\s?#]*\{(slug|id)\}[^\s]*$")] = "/announcements/{slug}"
+    site_title: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")] = "Announcements"
 
     def public_view(self) -> dict[str, object]:
         """The settings as printable values, secrets masked."""
@@ -86,6 +89,9 @@ EXPECTED = {
     "ADMIN_TOKEN": "a secret of 16 to 512 visible ASCII characters (it is sent in an HTTP header)",
     "GITHUB_WEBHOOK_SECRET": "the webhook's secret as set on GitHub, 16 to 512 visible ASCII characters",
     "METRICS_TOKEN": "a secret of 16 to 512 visible ASCII characters (the Bearer token Prometheus sends to GET /metrics)",
+    "SITE_URL": "the website's http(s) address, such as https://example.com (the feeds link to its pages)",
+    "ANNOUNCEMENT_PATH": "a path starting with / that holds {slug} or {id}, such as /announcements/{slug}",
+    "SITE_TITLE": "1 to 200 characters, no control characters (the feeds' title)",
 }
 
 _ERROR_PATH = re.compile(r"^(?P<reason>.*) - at `\$\.(?P<name>[A-Z_]+)`")

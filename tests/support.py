@@ -30,6 +30,9 @@ from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The `github_client` fixture (tests/github/conftest.py): opens an app whose GitHub is the given stand-in.
+OpenClient = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
+
 
 # -- the app in process ----------------------------------------------------------------------
 
@@ -247,6 +250,22 @@ def _procfile_server_once(
         output.close()
         if error_output is not None:
             error_output.close()
+
+
+def steady_traffic(urls: list[str], seconds: float, paths: list[str], *, at_least: int) -> tuple[int, float]:
+    """Each server asked in turn, at most about 40 requests a second in all, for `seconds` and at least
+    `at_least` requests (longer on a slow machine, up to a minute); the count sent and the seconds it took.
+    Each request on a new connection, so every worker takes some."""
+    sent = 0
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(httpx.Client(base_url=url, timeout=10)) for url in urls]
+        while (elapsed := time.monotonic() - started) < seconds or (sent < at_least and elapsed < 60):
+            response = clients[sent % len(clients)].get(paths[sent % len(paths)], headers={"Connection": "close"})
+            assert response.status_code == 200, response.text
+            sent += 1
+            time.sleep(0.025)
+    return sent, time.monotonic() - started
 
 
 # -- the contract ----------------------------------------------------------------------------

@@ -35,9 +35,12 @@ HISTORY = [
     (2, "index in listing order"),
     (3, "GitHub shared tier"),
     (4, "change counter for read caches"),
+    (5, "slug, summary and rendered body"),
+    (6, "full-text search"),
 ]
+LATEST = HISTORY[-1][0]
 NOTES = Migration(
-    5, "notes", {dialect: "CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)" for dialect in ("sqlite", "postgres")}
+    1000, "notes", {dialect: "CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)" for dialect in ("sqlite", "postgres")}
 )
 
 
@@ -135,15 +138,15 @@ def test_each_package_registers_its_migrations_and_they_apply_in_version_order(d
     from service.announcements.schema import MIGRATIONS as ANNOUNCEMENTS
     from service.github.schema import MIGRATIONS as GITHUB
 
-    assert [m.version for m in ANNOUNCEMENTS] == [1, 2, 4] and [m.version for m in GITHUB] == [3]
+    assert [m.version for m in ANNOUNCEMENTS] == [1, 2, 4, 5, 6] and [m.version for m in GITHUB] == [3]
     database.open()
     try:
-        assert database.migrate() == [1, 2, 3, 4]
+        assert database.migrate() == [version for version, _ in HISTORY]
         with database.transaction(write=False) as conn:
             recorded = database.execute(conn, "SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
         assert [tuple(row) for row in recorded] == HISTORY  # the numbers and names databases already hold
         assert database.migrate() == []  # an already-migrated database runs nothing again
-        assert database.readiness() == (True, f"{database.kind}, schema version 4")
+        assert database.readiness() == (True, f"{database.kind}, schema version {LATEST}")
         assert count(database, "github_shared") == 1 and count(database, "announcement_changes") == 1
     finally:
         database.close()
@@ -158,9 +161,9 @@ def test_a_version_belongs_to_one_package() -> None:
 
 def test_a_registered_migration_not_yet_applied_makes_the_database_not_ready(database: Database) -> None:
     database.register("tests", [NOTES])
-    assert database.readiness() == (False, f"{database.kind}: schema at version 4 of 5; run python -m service migrate")
-    assert database.migrate() == [5]
-    assert database.readiness() == (True, f"{database.kind}, schema version 5")
+    assert database.readiness() == (False, f"{database.kind}: schema at version {LATEST} of 1000; run python -m service migrate")
+    assert database.migrate() == [1000]
+    assert database.readiness() == (True, f"{database.kind}, schema version 1000")
 
 
 # -- from async code ---------------------------------------------------------------------------

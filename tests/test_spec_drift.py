@@ -13,6 +13,9 @@ and unknown fields.
 - RESPONSE: encoded to clients. Every field is sent, except that with omit_defaults a field equal to its
   default is left out (so a `None` default is never sent as null); nothing else is sent.
 - UPSTREAM: decoded from GitHub (skipping the fields GitHub adds) and encoded to clients as RESPONSE.
+
+GitHub's GraphQL answers never reach clients as they are (service.github.graphql maps them to the REST-shaped
+structs above); their structs are checked against the queries that produce them instead.
 """
 
 from __future__ import annotations
@@ -24,22 +27,27 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import graphql as graphql_core
 import msgspec
 import pytest
 
+from service.announcements.feeds import JsonFeed, JsonFeedAuthor, JsonFeedItem
 from service.announcements.models import (
     CURSOR,
     Announcement,
     AnnouncementPage,
     AnnouncementPatch,
+    FeedQuery,
     ListQuery,
     NewAnnouncement,
+    Slug,
     Tag,
 )
 from service.docs import load_spec
 from service.errors import Problem
+from service.github import graphql
 from service.github.client import GitHubCheck
-from service.github.models import License, Owner, Repository, RepositoryQuery
+from service.github.models import Language, Languages, License, Owner, Pinned, Repository, RepositoryQuery, ShowcaseRepository
 from service.github.webhook import Payload, Receipt
 from service.health import Check, HealthResponse, Readiness
 
@@ -57,9 +65,15 @@ REQUEST, QUERY, RESPONSE, UPSTREAM = Direction
 # is decoded or encoded there.
 WIRE: dict[str, tuple[Any, Direction]] = {
     "Tag": (Tag, REQUEST),
+    "Slug": (Slug, REQUEST),
     "NewAnnouncement": (NewAnnouncement, REQUEST),
     "AnnouncementPatch": (AnnouncementPatch, REQUEST),
     "GET /announcements query": (ListQuery, QUERY),
+    "GET /announcements/feed.atom query": (FeedQuery, QUERY),
+    "GET /announcements/feed.json query": (FeedQuery, QUERY),
+    "JsonFeed": (JsonFeed, RESPONSE),
+    "JsonFeedItem": (JsonFeedItem, RESPONSE),
+    "JsonFeedAuthor": (JsonFeedAuthor, RESPONSE),
     "GET /github/repos query": (RepositoryQuery, QUERY),
     "Announcement": (Announcement, RESPONSE),
     "AnnouncementPage": (AnnouncementPage, RESPONSE),
@@ -72,6 +86,10 @@ WIRE: dict[str, tuple[Any, Direction]] = {
     "Problem": (Problem, RESPONSE),
     "Repository": (Repository, UPSTREAM),
     "Owner": (Owner, UPSTREAM),
+    "Pinned": (Pinned, RESPONSE),
+    "ShowcaseRepository": (ShowcaseRepository, RESPONSE),
+    "Languages": (Languages, RESPONSE),
+    "Language": (Language, RESPONSE),
 }
 
 # (where, keyword) -> why openapi.yaml and the struct differ there on purpose.
@@ -90,6 +108,8 @@ DELIBERATE: dict[tuple[str, str], str] = {
     ): "written by client._time() as an RFC 3339 UTC string; msgspec has no date-time format for str",
     ("GitHubCheck.leases[].expires_at", "format"): "written by client._time() as an RFC 3339 UTC string",
     ("GitHubCheck.rate_limited_until", "format"): "written by client._time() as an RFC 3339 UTC string",
+    ("GitHubCheck.last_pinned_refresh", "format"): "written by client._time() as an RFC 3339 UTC string",
+    ("GitHubCheck.last_languages_refresh", "format"): "written by client._time() as an RFC 3339 UTC string",
     ("GET /announcements query.cursor", "pattern"): "checked by decode_cursor with CURSOR (tested below) for a clearer message",
 }
 
@@ -400,6 +420,38 @@ def test_upstream_structs_skip_fields_github_adds() -> None:
                 assert not cls.__struct_config__.forbid_unknown_fields, cls.__name__
 
 
+# GraphQL answer struct -> the query whose answer it decodes.
+GRAPHQL_ANSWERS: dict[Any, str] = {graphql.PinnedData: graphql.PINNED, graphql.LanguagesData: graphql.LANGUAGES}
+
+
+def _selected(query: str) -> set[str]:
+    """Every field name the query selects, at any depth."""
+    names: set[str] = set()
+
+    class Fields(graphql_core.Visitor):
+        def enter_field(self, node: graphql_core.FieldNode, *args: Any) -> None:
+            names.add(node.name.value)
+
+    graphql_core.visit(graphql_core.parse(query), Fields())
+    return names
+
+
+@pytest.mark.parametrize("answer", GRAPHQL_ANSWERS, ids=lambda tp: tp.__name__)
+def test_graphql_structs_read_only_what_their_query_selects(answer: Any) -> None:
+    selected = _selected(GRAPHQL_ANSWERS[answer])
+    for cls in _struct_classes(msgspec.inspect.type_info(answer)):
+        assert not cls.__struct_config__.forbid_unknown_fields, cls.__name__
+        unasked = {f.encode_name for f in msgspec.structs.fields(cls)} - selected
+        assert not unasked, f"{cls.__name__} reads {sorted(unasked)}, which the query does not select"
+
+
+def test_graphql_queries_are_valid_against_the_stand_ins_schema_written_like_githubs() -> None:
+    from tests.github_standin import GRAPHQL_SCHEMA
+
+    for query in GRAPHQL_ANSWERS.values():
+        assert graphql_core.validate(GRAPHQL_SCHEMA, graphql_core.parse(query)) == []
+
+
 # -- the comparison catches drift --------------------------------------------------------------
 
 Title100 = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
@@ -413,10 +465,10 @@ def _drop_sort_by_stars(spec: dict[str, Any]) -> None:
 PLANTED = {
     "extra request field": (
         "NewAnnouncement",
-        msgspec.defstruct("NewAnnouncement", [("summary", str, "")], bases=(NewAnnouncement,), kw_only=True),
+        msgspec.defstruct("NewAnnouncement", [("author", str, "")], bases=(NewAnnouncement,), kw_only=True),
         REQUEST,
         None,
-        ("NewAnnouncement.summary", "property"),
+        ("NewAnnouncement.author", "property"),
     ),
     "changed bound": (
         "NewAnnouncement",

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Hashable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -16,6 +16,7 @@ import anyio.to_thread
 import msgspec
 
 from service.announcements.cache import ReadCache
+from service.announcements.feeds import ATOM_TYPE, FEED_SIZE, JSON_FEED_TYPE, FeedSite, Kind, render_feed
 from service.announcements.models import (
     Announcement,
     AnnouncementPage,
@@ -24,12 +25,13 @@ from service.announcements.models import (
     NewAnnouncement,
     decode_cursor,
     encode_cursor,
+    search_words,
 )
 from service.announcements.store import AnnouncementStore
 from service.auth import BearerToken, is_bearer
 from service.database import BlockingRunner, DatabaseUnavailable, StoreObserver
 from service.encoding import EncodedBody
-from service.errors import Forbidden, NotFound, Unauthorized
+from service.errors import FieldError, Forbidden, InvalidInput, NotFound, Unauthorized
 from service.readiness import Check
 
 T = TypeVar("T")
@@ -53,8 +55,10 @@ class Announcements:
         concurrency: int,
         clock: Callable[[], datetime] = _now,
         telemetry: StoreObserver | None = None,
+        site: FeedSite | None = None,
     ) -> None:
         self.store = store
+        self.site = site  # None: SITE_URL is not set, so the feeds have nothing to link to
         self.clock = clock
         self._admin = BearerToken(admin_token) if admin_token else None
         # At most the pool's size of store calls at once; callers beyond wait in the runner, not in a worker thread.
@@ -124,7 +128,7 @@ class Announcements:
             self._poll_failing = False  # and the runner's breaker closed: the database answered, no need for a probe
             self.views.polled(started, changes.counter, changes.next_boundary)
 
-    async def _cached(self, key: int | ListQuery) -> tuple[EncodedBody | None, datetime]:
+    async def _cached(self, key: Hashable) -> tuple[EncodedBody | None, datetime]:
         """The cached answer for `key` (None if there is none to trust) and the time to read at if not.
         When the last poll's second is over, the request waits for the next poll (about a millisecond;
         started now if the timer is late) rather than reading the database."""
@@ -180,6 +184,14 @@ class Announcements:
     # -- reads and writes --------------------------------------------------------------------
 
     async def page(self, query: ListQuery, *, include_all: bool, now: datetime | None = None) -> AnnouncementPage:
+        if query.q is not None:
+            if query.cursor is not None:
+                raise InvalidInput([FieldError("cursor", "a search answers one page, best matches first: no cursor")])
+            found = await self.call(
+                self.store.search, search_words(query.q), now=now or self.clock(), limit=query.limit, tag=query.tag,
+                include_all=include_all,
+            )  # fmt: skip
+            return AnnouncementPage(found, None)
         after = decode_cursor(query.cursor) if query.cursor is not None else None
         rows = await self.call(
             self.store.list, now=now or self.clock(), limit=query.limit + 1, tag=query.tag, include_all=include_all, after=after
@@ -187,10 +199,11 @@ class Announcements:
         items = rows[: query.limit]
         return AnnouncementPage(items, encode_cursor(items[-1]) if len(rows) > query.limit else None)
 
-    async def get(self, id: int, *, admin: bool, now: datetime | None = None) -> Announcement:
-        found = await self.call(self.store.get, id)
+    async def get(self, key: int | str, *, admin: bool, now: datetime | None = None) -> Announcement:
+        """By id (an int) or by slug (a str)."""
+        found = await self.call(self.store.get, key) if isinstance(key, int) else await self.call(self.store.get_by_slug, key)
         if found is None or not (admin or found.is_public(now or self.clock())):
-            raise NotFound(f"No announcement {id}.")
+            raise NotFound(f"No announcement {key}." if isinstance(key, int) else f"No announcement with the slug {key}.")
         return found
 
     async def public_page(self, query: ListQuery) -> EncodedBody:
@@ -209,16 +222,31 @@ class Announcements:
             self.views.put(query, view, ticket, now, issues=page.next_cursor)
         return view
 
-    async def public_item(self, id: int) -> EncodedBody:
-        """One public announcement, encoded, with its ETag: from the read cache, or read and then kept."""
-        cached, now = await self._cached(id)
+    async def public_item(self, key: int | str) -> EncodedBody:
+        """One public announcement by id or slug, encoded, with its ETag: from the read cache, or read and then kept."""
+        cached, now = await self._cached(key)
         if cached is not None:
             return cached
         ticket = self.views.ticket()
-        found = await self.get(id, admin=False, now=now)
+        found = await self.get(key, admin=False, now=now)
         view = EncodedBody(_encoder.encode(found), found.etag)
         if self.read_cache:
-            self.views.put(id, view, ticket, now)
+            self.views.put(key, view, ticket, now)
+        return view
+
+    async def feed(self, kind: Kind, tag: str | None) -> EncodedBody:
+        """The newest public announcements as a feed, encoded: from the read cache, or read and then kept."""
+        if self.site is None:
+            raise NotFound("The feeds link to the website's pages: set SITE_URL (e.g. https://example.com) to serve them.")
+        key = ("feed", kind, tag)
+        cached, now = await self._cached(key)
+        if cached is not None:
+            return cached
+        ticket = self.views.ticket()
+        items = await self.call(self.store.newest, now=now, limit=FEED_SIZE, tag=tag)
+        view = EncodedBody(render_feed(kind, self.site, items, tag), media_type=ATOM_TYPE if kind == "atom" else JSON_FEED_TYPE)
+        if self.read_cache:
+            self.views.put(key, view, ticket, now)
         return view
 
     async def create(self, data: NewAnnouncement) -> Announcement:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import msgspec
 
+from service.announcements.render import render_markdown
 from service.errors import FieldError, InvalidInput
 
 # Some non-space text and no NUL anywhere: PostgreSQL's text type cannot hold U+0000 (SQLite can), so both
@@ -17,12 +19,17 @@ Title = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=TEXT)]
 Body = Annotated[str, msgspec.Meta(min_length=1, max_length=20_000, pattern=TEXT, description="Markdown text")]
 Tag = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,32}$")]
 Tags = Annotated[list[Tag], msgspec.Meta(max_length=10)]
+SLUG = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=80, pattern=SLUG)]
+Summary = Annotated[str, msgspec.Meta(max_length=500, pattern=r"^[^\x00]*$", description="Plain text")]
 Time = Annotated[datetime, msgspec.Meta(tz=True)]  # RFC 3339 with an offset; stored in UTC
 
 
 class NewAnnouncement(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     title: Title
     body: Body
+    slug: Slug | msgspec.UnsetType = msgspec.UNSET  # made from the title when not given
+    summary: Summary = ""
     tags: Tags = []
     pinned: bool = False
     published_at: Time | msgspec.UnsetType = msgspec.UNSET  # now; a future time schedules it (null is refused)
@@ -34,6 +41,8 @@ class AnnouncementPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
 
     title: Title | msgspec.UnsetType = msgspec.UNSET
     body: Body | msgspec.UnsetType = msgspec.UNSET
+    slug: Slug | msgspec.UnsetType = msgspec.UNSET
+    summary: Summary | msgspec.UnsetType = msgspec.UNSET
     tags: Tags | msgspec.UnsetType = msgspec.UNSET
     pinned: bool | msgspec.UnsetType = msgspec.UNSET
     published_at: Time | msgspec.UnsetType = msgspec.UNSET
@@ -42,8 +51,11 @@ class AnnouncementPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
 
 class Announcement(msgspec.Struct, kw_only=True):
     id: int
+    slug: str
     title: str
+    summary: str
     body: str
+    body_html: str  # `body` rendered and sanitized when it was written
     tags: list[Tag]
     pinned: bool
     published_at: Time
@@ -72,14 +84,17 @@ def utc(value: datetime, field: str) -> datetime:
         raise InvalidInput([FieldError(field, "out of the supported range of times")]) from None
 
 
-def new_announcement(data: NewAnnouncement, *, id: int, now: datetime) -> Announcement:
+def new_announcement(data: NewAnnouncement, *, id: int, slug: str, now: datetime) -> Announcement:
     published = utc(data.published_at, "published_at") if data.published_at else now
     expires = utc(data.expires_at, "expires_at") if data.expires_at else None
     _check_schedule(published, expires)
     return Announcement(
         id=id,
+        slug=slug,
         title=data.title,
+        summary=data.summary,
         body=data.body,
+        body_html=render_markdown(data.body),
         tags=list(dict.fromkeys(data.tags)),
         pinned=data.pinned,
         published_at=published,
@@ -94,6 +109,8 @@ def patched(current: Announcement, patch: AnnouncementPatch, *, now: datetime) -
     changes = {name: value for name in patch.__struct_fields__ if (value := getattr(patch, name)) is not msgspec.UNSET}
     if "tags" in changes:
         changes["tags"] = list(dict.fromkeys(changes["tags"]))
+    if changes.get("body", current.body) != current.body:
+        changes["body_html"] = render_markdown(changes["body"])
     for name in ("published_at", "expires_at"):
         if changes.get(name) is not None:
             changes[name] = utc(changes[name], name)
@@ -119,6 +136,23 @@ class ListQuery(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     tag: Tag | None = None
     status: Status = "published"
     cursor: str | None = None
+    q: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None  # full-text search, best first
+
+
+class FeedQuery(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    tag: Tag | None = None
+
+
+# What both engines count as a word: a run of Unicode letters and digits (FTS5's unicode61, PostgreSQL's parser).
+_WORD = re.compile(r"[^\W_]+")
+
+
+def search_words(q: str) -> list[str]:
+    """The words of a search, each to be found (in any order); 422 naming `q` if there is none."""
+    words = list(dict.fromkeys(_WORD.findall(unicodedata.normalize("NFC", q).lower())))
+    if not words:
+        raise InvalidInput([FieldError("q", "has no word to search for (letters or digits)")])
+    return words
 
 
 class Cursor(msgspec.Struct, frozen=True):

@@ -10,7 +10,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.announcements.access import Announcements
-from service.announcements.models import AnnouncementPatch, ListQuery, NewAnnouncement
+from service.announcements.feeds import Kind
+from service.announcements.models import AnnouncementPatch, FeedQuery, ListQuery, NewAnnouncement
+from service.announcements.slugs import SLUG_MAX
 from service.announcements.store import MAX_ID
 from service.conditional import expected_etags, not_modified
 from service.json_body import QueryParser, read_json
@@ -25,6 +27,7 @@ _PRIVATE = "private, no-store"
 _PUBLIC_CACHING = [(b"cache-control", _NO_CACHE.encode())]
 _MAX_ID_DIGITS = len(str(MAX_ID))
 _parsed_query = QueryParser(ListQuery)
+_feed_query = QueryParser(FeedQuery)
 
 
 def _json(body: object, *, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -45,6 +48,22 @@ class AnnouncementId(Convertor[int]):
 
 
 register_url_convertor("announcement_id", AnnouncementId())
+
+
+class AnnouncementSlug(Convertor[str]):
+    """A slug in a path: 1 to 80 characters of `[a-z0-9]` words joined by single `-`. Anything else matches no
+    route, so it is a 404."""
+
+    regex = f"(?=[a-z0-9-]{{1,{SLUG_MAX}}}(?:/|$))[a-z0-9]+(?:-[a-z0-9]+)*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("announcement_slug", AnnouncementSlug())
 
 
 def _id(request: Request) -> int:
@@ -73,20 +92,24 @@ class AnnouncementCollection(HTTPEndpoint):
         return _json(created, status=201, headers=headers)
 
 
+async def _one(request: Request, key: int | str) -> Response:
+    """GET of one announcement, by id or by slug: the public view from the read cache, the admin's from the database."""
+    announcements: Announcements = request.app.state.announcements
+    if announcements.is_admin(request.headers.get("authorization")):
+        found = await announcements.get(key, admin=True)
+        headers = {"ETag": found.etag, "Cache-Control": _PRIVATE}
+        if not_modified(request.headers, found.etag):
+            return Response(status_code=304, headers=headers)
+        return _json(found, headers=headers)
+    view = await announcements.public_item(key)
+    return view.respond(request.headers, _PUBLIC_CACHING)
+
+
 class AnnouncementItem(HTTPEndpoint):
     """GET, PATCH and DELETE /announcements/{id}; writes honour If-Match."""
 
     async def get(self, request: Request) -> Response:
-        announcements: Announcements = request.app.state.announcements
-        id = _id(request)
-        if announcements.is_admin(request.headers.get("authorization")):
-            found = await announcements.get(id, admin=True)
-            headers = {"ETag": found.etag, "Cache-Control": _PRIVATE}
-            if not_modified(request.headers, found.etag):
-                return Response(status_code=304, headers=headers)
-            return _json(found, headers=headers)
-        view = await announcements.public_item(id)
-        return view.respond(request.headers, _PUBLIC_CACHING)
+        return await _one(request, _id(request))
 
     async def patch(self, request: Request) -> Response:
         announcements: Announcements = request.app.state.announcements
@@ -103,7 +126,37 @@ class AnnouncementItem(HTTPEndpoint):
         return Response(status_code=204)
 
 
+class AnnouncementBySlug(HTTPEndpoint):
+    """GET /announcements/slug/{slug}: the same answer as by id."""
+
+    async def get(self, request: Request) -> Response:
+        return await _one(request, request.path_params["slug"])
+
+
+class AtomFeed(HTTPEndpoint):
+    """GET /announcements/feed.atom: the 20 newest public announcements (optionally of one tag), Atom 1.0."""
+
+    async def get(self, request: Request) -> Response:
+        return await _feed(request, "atom")
+
+
+class JsonFeed(HTTPEndpoint):
+    """GET /announcements/feed.json: the same as JSON Feed 1.1."""
+
+    async def get(self, request: Request) -> Response:
+        return await _feed(request, "json")
+
+
+async def _feed(request: Request, kind: Kind) -> Response:
+    announcements: Announcements = request.app.state.announcements
+    view = await announcements.feed(kind, _feed_query(request).tag)
+    return view.respond(request.headers, _PUBLIC_CACHING)
+
+
 routes = [
     Route("/announcements", AnnouncementCollection),
     Route("/announcements/{id:announcement_id}", AnnouncementItem),
+    Route("/announcements/slug/{slug:announcement_slug}", AnnouncementBySlug),
+    Route("/announcements/feed.atom", AtomFeed),
+    Route("/announcements/feed.json", JsonFeed),
 ]

@@ -1,11 +1,52 @@
-"""The announcements tables, as migrations `service.database` applies (versions 1, 2 and 4).
+"""The announcements tables, as migrations `service.database` applies (versions 1, 2, 4, 5 and 6).
 
-Times are integer microseconds since the epoch, UTC.
+Times are integer microseconds since the epoch, UTC. Full-text search is each database's own: an FTS5 table
+kept in step by triggers on SQLite, a generated tsvector column with a GIN index on PostgreSQL; both split
+words on Unicode letters and digits and keep accents (å is not a), lower-cased.
 """
 
 from __future__ import annotations
 
-from service.database import Migration
+from typing import Any
+
+from service.announcements.render import render_markdown
+from service.announcements.slugs import fallback_slug, first_free, slugify
+from service.database import Database, Migration
+
+
+def _fill_slugs_and_html(database: Database, conn: Any) -> None:
+    """Existing rows get a slug from their title and their body rendered; then slugs are made unique."""
+    taken: set[str] = set()
+    for id, title, body in database.execute(conn, "SELECT id, title, body FROM announcements ORDER BY id").fetchall():
+        slug = first_free(slugify(title) or fallback_slug(id), taken.__contains__)
+        taken.add(slug)
+        database.execute(conn, "UPDATE announcements SET slug = ?, body_html = ? WHERE id = ?", (slug, render_markdown(body), id))
+    database.execute(conn, "CREATE UNIQUE INDEX announcements_slug ON announcements (slug)")
+
+
+# SQLite: the FTS5 index reads the announcements table (external content); triggers keep it in step with
+# every write, whoever makes it. A trigger body holds semicolons, so these run one by one after the DDL.
+_SQLITE_SEARCH_TRIGGERS = (
+    """CREATE TRIGGER announcements_search_insert AFTER INSERT ON announcements BEGIN
+        INSERT INTO announcements_search (rowid, title, summary, body) VALUES (new.id, new.title, new.summary, new.body);
+    END""",
+    """CREATE TRIGGER announcements_search_delete AFTER DELETE ON announcements BEGIN
+        INSERT INTO announcements_search (announcements_search, rowid, title, summary, body)
+            VALUES ('delete', old.id, old.title, old.summary, old.body);
+    END""",
+    """CREATE TRIGGER announcements_search_update AFTER UPDATE OF title, summary, body ON announcements BEGIN
+        INSERT INTO announcements_search (announcements_search, rowid, title, summary, body)
+            VALUES ('delete', old.id, old.title, old.summary, old.body);
+        INSERT INTO announcements_search (rowid, title, summary, body) VALUES (new.id, new.title, new.summary, new.body);
+    END""",
+)
+
+
+def _sqlite_search_triggers(database: Database, conn: Any) -> None:
+    if database.dialect == "sqlite":
+        for statement in _SQLITE_SEARCH_TRIGGERS:
+            database.execute(conn, statement)
+
 
 MIGRATIONS = (
     Migration(
@@ -55,5 +96,34 @@ MIGRATIONS = (
             dialect: "CREATE TABLE announcement_changes AS SELECT CAST(0 AS BIGINT) AS counter"
             for dialect in ("sqlite", "postgres")
         },
+    ),
+    Migration(
+        5,
+        "slug, summary and rendered body",
+        {
+            dialect: """
+                ALTER TABLE announcements ADD COLUMN slug TEXT NOT NULL DEFAULT '';
+                ALTER TABLE announcements ADD COLUMN summary TEXT NOT NULL DEFAULT '';
+                ALTER TABLE announcements ADD COLUMN body_html TEXT NOT NULL DEFAULT ''"""
+            for dialect in ("sqlite", "postgres")
+        },
+        _fill_slugs_and_html,
+    ),
+    Migration(
+        6,
+        "full-text search",
+        {
+            "sqlite": """
+                CREATE VIRTUAL TABLE announcements_search USING fts5 (title, summary, body, content='announcements',
+                    content_rowid='id', tokenize='unicode61 remove_diacritics 0');
+                INSERT INTO announcements_search (announcements_search) VALUES ('rebuild')""",
+            # 'simple': no stemming and no stop words, the same for every language.
+            "postgres": """
+                ALTER TABLE announcements ADD COLUMN search tsvector GENERATED ALWAYS AS (
+                    setweight(to_tsvector('simple', title), 'A') || setweight(to_tsvector('simple', summary), 'B')
+                    || to_tsvector('simple', body)) STORED;
+                CREATE INDEX announcements_search ON announcements USING GIN (search)""",
+        },
+        _sqlite_search_triggers,
     ),
 )

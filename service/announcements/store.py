@@ -7,9 +7,10 @@ nothing. The tables are `service.announcements.schema`'s migrations.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
@@ -23,12 +24,14 @@ from service.announcements.models import (
     patched,
     to_micros,
 )
+from service.announcements.slugs import fallback_slug, first_free, slugify
 from service.database import READINESS_TIMEOUT, Database, open_database
-from service.errors import NotFound, PreconditionFailed
+from service.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 
 MAX_ID = 2**63 - 1
 
-_COLUMNS = "id, title, body, tags, pinned, published_at, expires_at, created_at, updated_at"
+_COLUMNS = "id, slug, title, summary, body, body_html, tags, pinned, published_at, expires_at, created_at, updated_at"
+_PENDING_SLUG = "-pending"  # outside the slug pattern, so no client's slug: held while the id is not yet known
 _tags_decoder = msgspec.json.Decoder(list[str])
 
 
@@ -38,6 +41,24 @@ class Changes(NamedTuple):
 
     counter: int
     next_boundary: datetime | None
+
+
+class Upserted(NamedTuple):
+    action: Literal["created", "updated", "unchanged"]
+    announcement: Announcement
+
+
+class Refused(Exception):
+    """An item of an `upsert` was refused (a slug clash, an expiry before publishing): nothing was written."""
+
+    def __init__(self, index: int, error: Conflict | InvalidInput) -> None:
+        super().__init__(error.detail)
+        self.index = index
+        self.error = error
+
+
+class _DryRun(Exception):
+    """Raised inside the transaction to roll a dry run back."""
 
 
 def open_store(database_url: str, *, pool_size: int = 5) -> AnnouncementStore:
@@ -68,16 +89,85 @@ class AnnouncementStore:
     # -- announcements --------------------------------------------------------------------------
 
     def create(self, data: NewAnnouncement, *, now: datetime) -> Announcement:
-        draft = new_announcement(data, id=0, now=now)
         with self.database.transaction(write=True) as conn:
-            row = self.database.execute(
-                conn,
-                "INSERT INTO announcements (title, body, tags, pinned, published_at, expires_at, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                self._values(draft),
-            ).fetchone()
+            # The counter row first: creates take turns, so two cannot pick the same free slug at once.
             self._count_change(conn)
-        return msgspec.structs.replace(draft, id=row[0])
+            return self._insert(conn, data, now=now)
+
+    def _insert(self, conn: Any, data: NewAnnouncement, *, now: datetime) -> Announcement:
+        wanted = data.slug if isinstance(data.slug, str) else slugify(data.title)
+        draft = new_announcement(data, id=0, slug=wanted or _PENDING_SLUG, now=now)
+        if isinstance(data.slug, str):
+            self._check_free(conn, data.slug)
+        elif wanted:
+            draft = msgspec.structs.replace(draft, slug=first_free(wanted, functools.partial(self._taken, conn)))
+        row = self._write(
+            conn,
+            "INSERT INTO announcements (slug, title, summary, body, body_html, tags, pinned, published_at, expires_at,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            self._values(draft),
+        ).fetchone()
+        draft = msgspec.structs.replace(draft, id=row[0])
+        if not wanted:  # nothing Latin in the title: named after its id
+            slug = first_free(fallback_slug(draft.id), functools.partial(self._taken, conn))
+            self.database.execute(conn, "UPDATE announcements SET slug = ? WHERE id = ?", (slug, draft.id))
+            draft = msgspec.structs.replace(draft, slug=slug)
+        return draft
+
+    def upsert(self, items: list[NewAnnouncement], *, now: datetime, dry_run: bool = False) -> list[Upserted]:
+        """Each item (all with a slug) created, or its announcement of that slug updated to it, all in one
+        transaction: if one is refused (`Refused`, naming its index) nothing is written. A time an item leaves
+        out keeps the stored one; a body that differs only in surrounding white space is not a change (files
+        end with a newline). `dry_run` answers the same and writes nothing."""
+        done: list[Upserted] = []
+        try:
+            with self.database.transaction(write=True) as conn:
+                self._count_change(conn)  # as `create`: first, so slugs are picked in turn
+                for index, data in enumerate(items):
+                    try:
+                        done.append(self._upsert_one(conn, data, now=now))
+                    except (Conflict, InvalidInput) as exc:
+                        raise Refused(index, exc) from None
+                if dry_run:
+                    raise _DryRun
+        except _DryRun:
+            pass
+        return done
+
+    def _upsert_one(self, conn: Any, data: NewAnnouncement, *, now: datetime) -> Upserted:
+        if not isinstance(data.slug, str):
+            raise TypeError("upsert needs every item's slug")
+        row = self.database.execute(
+            conn, f"SELECT {_COLUMNS} FROM announcements WHERE slug = ?{self.database.for_update}", (data.slug,)
+        ).fetchone()
+        if row is None:
+            return Upserted("created", self._insert(conn, data, now=now))
+        current = _announcement(row)
+        patch = AnnouncementPatch(
+            title=data.title,
+            body=current.body if current.body.strip() == data.body.strip() else data.body,
+            summary=data.summary,
+            tags=data.tags,
+            pinned=data.pinned,
+            published_at=data.published_at,
+            expires_at=data.expires_at,
+        )
+        result = self._apply(conn, current, patch, now=now)
+        return Upserted("unchanged" if result is current else "updated", result)
+
+    def _taken(self, conn: Any, slug: str) -> bool:
+        return self.database.execute(conn, "SELECT 1 FROM announcements WHERE slug = ?", (slug,)).fetchone() is not None
+
+    def _check_free(self, conn: Any, slug: str) -> None:
+        if self._taken(conn, slug):
+            raise Conflict(f"The slug {slug!r} is taken by another announcement.")
+
+    def _write(self, conn: Any, statement: str, params: tuple[Any, ...]) -> Any:
+        """A statement that may break the slug's UNIQUE index (a write racing ours took it): 409, not 500."""
+        try:
+            return self.database.execute(conn, statement, params)
+        except self.database.unique_violation_errors:
+            raise Conflict(f"The slug {params[0]!r} is taken by another announcement.") from None
 
     def get(self, id: int) -> Announcement | None:
         if not 0 < id <= MAX_ID:
@@ -86,7 +176,39 @@ class AnnouncementStore:
             row = self.database.execute(conn, f"SELECT {_COLUMNS} FROM announcements WHERE id = ?", (id,)).fetchone()
         return _announcement(row) if row else None
 
-    def list(self, *, now: datetime, limit: int, tag: str | None, include_all: bool, after: Cursor | None) -> list[Announcement]:
+    def get_by_slug(self, slug: str) -> Announcement | None:
+        with self.database.transaction(write=False) as conn:
+            row = self.database.execute(conn, f"SELECT {_COLUMNS} FROM announcements WHERE slug = ?", (slug,)).fetchone()
+        return _announcement(row) if row else None
+
+    def search(self, words: list[str], *, now: datetime, limit: int, tag: str | None, include_all: bool) -> list[Announcement]:
+        """Announcements with every one of `words` in their title, summary or body, best matches first (a word in
+        the title counts most, then the summary), each database's full-text index doing the work."""
+        where, params = self._filters(now=now, tag=tag, include_all=include_all)
+        columns = ", ".join(f"a.{name}" for name in _COLUMNS.split(", "))
+        if self.database.dialect == "sqlite":
+            statement = (
+                f"SELECT {columns} FROM announcements_search JOIN announcements a ON a.id = announcements_search.rowid"
+                " WHERE announcements_search MATCH ?"
+                + "".join(f" AND {condition}" for condition in where)
+                + " ORDER BY bm25(announcements_search, 10.0, 4.0, 1.0), a.id DESC LIMIT ?"
+            )
+            # Each word quoted: a phrase of one token, so no query syntax (AND, NEAR, *, ") reaches FTS5.
+            match = " ".join(f'"{word}"' for word in words)
+        else:
+            statement = (
+                f"SELECT {columns} FROM announcements a, to_tsquery('simple', ?) query WHERE a.search @@ query"
+                + "".join(f" AND {condition}" for condition in where)
+                + " ORDER BY ts_rank(a.search, query) DESC, a.id DESC LIMIT ?"
+            )
+            # Each word quoted as a tsquery lexeme, joined by AND: nothing of the user's text is syntax.
+            match = " & ".join("'" + word.replace("'", "''") + "'" for word in words)
+        with self.database.transaction(write=False) as conn:
+            rows = self.database.execute(conn, statement, (match, *params, limit)).fetchall()
+        return [_announcement(row) for row in rows]
+
+    @staticmethod
+    def _filters(*, now: datetime, tag: str | None, include_all: bool) -> tuple[list[str], list[Any]]:
         where: list[str] = []
         params: list[Any] = []
         if not include_all:
@@ -96,6 +218,20 @@ class AnnouncementStore:
         if tag is not None:
             where.append("tags LIKE ?")  # tags are [a-z0-9-], so the quoted JSON string is an exact match
             params.append(f'%"{tag}"%')
+        return where, params
+
+    def newest(self, *, now: datetime, limit: int, tag: str | None) -> list[Announcement]:
+        """The newest public announcements, pinned or not (what a feed holds)."""
+        where, params = self._filters(now=now, tag=tag, include_all=False)
+        statement = (
+            f"SELECT {_COLUMNS} FROM announcements WHERE {' AND '.join(where)} ORDER BY published_at DESC, id DESC LIMIT ?"
+        )
+        with self.database.transaction(write=False) as conn:
+            rows = self.database.execute(conn, statement, (*params, limit)).fetchall()
+        return [_announcement(row) for row in rows]
+
+    def list(self, *, now: datetime, limit: int, tag: str | None, include_all: bool, after: Cursor | None) -> list[Announcement]:
+        where, params = self._filters(now=now, tag=tag, include_all=include_all)
         if after is not None:
             where.append("(pinned < ? OR (pinned = ? AND (published_at < ? OR (published_at = ? AND id < ?))))")
             params += [after.pinned, after.pinned, after.published_at_us, after.published_at_us, after.id]
@@ -109,17 +245,21 @@ class AnnouncementStore:
 
     def update(self, id: int, patch: AnnouncementPatch, *, now: datetime, if_match: Collection[str] | None) -> Announcement:
         with self.database.transaction(write=True) as conn:
-            current = self._locked(conn, id, if_match)
-            result = patched(current, patch, now=now)
-            if result is current:
-                return current  # nothing changed: no write, same ETag
-            self.database.execute(
-                conn,
-                "UPDATE announcements SET title = ?, body = ?, tags = ?, pinned = ?, published_at = ?, expires_at = ?,"
-                " created_at = ?, updated_at = ? WHERE id = ?",
-                (*self._values(result), id),
-            )
-            self._count_change(conn)
+            return self._apply(conn, self._locked(conn, id, if_match), patch, now=now)
+
+    def _apply(self, conn: Any, current: Announcement, patch: AnnouncementPatch, *, now: datetime) -> Announcement:
+        result = patched(current, patch, now=now)
+        if result is current:
+            return current  # nothing changed: no write, same ETag
+        if result.slug != current.slug:
+            self._check_free(conn, result.slug)
+        self._write(
+            conn,
+            "UPDATE announcements SET slug = ?, title = ?, summary = ?, body = ?, body_html = ?, tags = ?, pinned = ?,"
+            " published_at = ?, expires_at = ?, created_at = ?, updated_at = ? WHERE id = ?",
+            (*self._values(result), current.id),
+        )
+        self._count_change(conn)
         return result
 
     def delete(self, id: int, *, if_match: Collection[str] | None) -> None:
@@ -129,8 +269,8 @@ class AnnouncementStore:
             self._count_change(conn)
 
     def _count_change(self, conn: Any) -> None:
-        """Inside the write's transaction, after its own statements: the counter changes if and only if
-        the write commits, and every writer locks the announcement row (if any) before the counter row."""
+        """Inside the write's transaction: the counter changes if and only if the write commits. Every writer
+        locks the announcement row (if any) before the counter row; a create, which locks no row, takes it first."""
         self.database.execute(conn, "UPDATE announcement_changes SET counter = counter + 1")
 
     def changes(self, *, now: datetime) -> Changes:
@@ -165,8 +305,11 @@ class AnnouncementStore:
     @staticmethod
     def _values(a: Announcement) -> tuple[Any, ...]:
         return (
+            a.slug,
             a.title,
+            a.summary,
             a.body,
+            a.body_html,
             msgspec.json.encode(a.tags).decode(),
             a.pinned,
             to_micros(a.published_at),
@@ -177,11 +320,14 @@ class AnnouncementStore:
 
 
 def _announcement(row: tuple[Any, ...]) -> Announcement:
-    id, title, body, tags, pinned, published_at, expires_at, created_at, updated_at = row
+    id, slug, title, summary, body, body_html, tags, pinned, published_at, expires_at, created_at, updated_at = row
     return Announcement(
         id=id,
+        slug=slug,
         title=title,
+        summary=summary,
         body=body,
+        body_html=body_html,
         tags=_tags_decoder.decode(tags),
         pinned=bool(pinned),
         published_at=from_micros(published_at),

@@ -1,12 +1,13 @@
-"""Async GitHub REST client for one owner: typed decoding, rate-limit respect, failures as named errors."""
+"""Async GitHub client for one owner, REST and GraphQL on one connection pool: typed decoding, rate-limit
+respect, failures as named errors."""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, NoReturn, TypeVar
 
 import anyio
 import httpx
@@ -14,6 +15,7 @@ import msgspec
 
 from service import API_NAME
 from service.errors import NotFound
+from service.github import graphql
 from service.github.cache import NOT_MODIFIED, Codec, Entry, Fetched, Lookup, NotModified, Source, UpstreamCache
 from service.github.errors import (
     CredentialsRejected,
@@ -23,7 +25,16 @@ from service.github.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
-from service.github.models import Owner, Repository
+from service.github.models import (
+    Language,
+    Languages,
+    Owner,
+    Pinned,
+    Repository,
+    ShowcaseRepository,
+    primary_languages,
+    top_starred,
+)
 from service.readiness import Check
 
 logger = logging.getLogger("service.github")
@@ -77,6 +88,10 @@ class Page(msgspec.Struct, array_like=True, frozen=True):
 _OWNER = Codec(Owner, str | None)
 _REPOSITORIES = Codec(list[Repository], list[Page])
 _REPOSITORY = Codec(Repository, str | None)
+# GraphQL answers (POST) have no ETag: each refresh is one query, at most one per TTL for the deployment.
+_PINNED = Codec(list[ShowcaseRepository], None)
+_LANGUAGES = Codec(list[Language], None)
+_encoder = msgspec.json.Encoder()
 
 
 class Lease(msgspec.Struct):
@@ -90,6 +105,8 @@ class GitHubCheck(Check, omit_defaults=True):
 
     worker: str | None = None  # this process, as lease holders are named
     last_refresh: str | None = None  # when GitHub last confirmed the repository list, for any process
+    last_pinned_refresh: str | None = None  # the pinned repositories (GraphQL, with a token), likewise
+    last_languages_refresh: str | None = None  # the languages (GraphQL, with a token), likewise
     leases: list[Lease] = msgspec.field(default_factory=list)  # keys being refreshed now, and by whom
     rate_limited_until: str | None = None  # no process calls GitHub before then
 
@@ -98,11 +115,29 @@ def _time(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _time_if(seconds: float | None) -> str | None:
+    return None if seconds is None else _time(seconds)
+
+
+class View(NamedTuple):
+    """One answer: the cached entry it is made from, its key among that entry's views, and what it shows."""
+
+    lookup: Lookup
+    key: Hashable
+    render: Callable[[], msgspec.Struct]
+
+
+_WHOLE = "whole"
+
+
 class GitHubClient:
-    def __init__(self, http: httpx.AsyncClient, *, owner: str | None, cache: UpstreamCache) -> None:
+    """`authenticated`: a GITHUB_TOKEN is set, so GraphQL can be used (it refuses anonymous calls)."""
+
+    def __init__(self, http: httpx.AsyncClient, *, owner: str | None, cache: UpstreamCache, authenticated: bool = False) -> None:
         self.http = http
         self.telemetry = cache.telemetry
         self.owner = owner
+        self.authenticated = authenticated
         self.cache = cache
         self.timeout = cache.timeout
         self.clock = cache.clock
@@ -118,7 +153,10 @@ class GitHubClient:
             f"{prefix}/repositories",
             f"{prefix}/repository/",
         )
+        self._pinned_key, self._languages_key = f"{prefix}/pinned", f"{prefix}/languages"
         self._owner_source = Source(self._fetch_owner, _OWNER)
+        self._pinned_source = Source(self._fetch_pinned, _PINNED)
+        self._languages_source = Source(self._fetch_languages, _LANGUAGES)
         self._list_source = Source(self._fetch_repositories, _REPOSITORIES)
         self._unlisted_lookups = TokenBucket(UNLISTED_LOOKUP_BURST, UNLISTED_LOOKUP_EVERY, self.clock)  # without a shared tier
         self._no_lookups_until = 0.0  # the shared budget is spent until then: not asked again before
@@ -152,12 +190,40 @@ class GitHubClient:
         repository: Repository = lookup.entry.value
         return lookup, repository
 
-    async def upstream_changed(self, delivery: str | None, *, repositories: list[str], profile: bool) -> bool | None:
-        """A webhook reports a change: the list, these repositories (and the profile) are refreshed in
-        every process. False for a delivery acted on before; None if other processes could not be told."""
+    async def pinned(self) -> View:
+        """The owner's pinned repositories in the owner's order (GraphQL); without a token, or with nothing
+        pinned, the most starred repositories of the cached list (no call of its own)."""
+        since = self.clock()
+        if self.authenticated:
+            lookup = await self.cache.get(self._pinned_key, self._pinned_source)
+            pins: list[ShowcaseRepository] = lookup.entry.value
+            if pins:
+                return View(lookup, _WHOLE, lambda: Pinned("pinned", pins))
+        listing = await self.cache.get(self._list_key, self._list_source, since=since)
+        repositories: list[Repository] = listing.entry.value
+        return View(listing, ("showcase", "pinned"), lambda: top_starred(repositories))
+
+    async def languages(self) -> View:
+        """The owner's languages by bytes (GraphQL); without a token, by primary language over the cached list."""
+        if self.authenticated:
+            lookup = await self.cache.get(self._languages_key, self._languages_source)
+            items: list[Language] = lookup.entry.value
+            return View(lookup, _WHOLE, lambda: Languages("bytes", items))
+        listing = await self.cache.get(self._list_key, self._list_source)
+        repositories: list[Repository] = listing.entry.value
+        return View(listing, ("showcase", "languages"), lambda: primary_languages(repositories))
+
+    async def upstream_changed(
+        self, delivery: str | None, *, repositories: list[str], profile: bool, showcase: bool = False
+    ) -> bool | None:
+        """A webhook reports a change: the list, these repositories (the profile, the pinned repositories
+        and the languages) are refreshed in every process. False for a delivery acted on before; None if
+        other processes could not be told."""
         keys = [self._list_key, *(self._repository_prefix + name.lower() for name in repositories)]
         if profile:
             keys.append(self._owner_key)
+        if showcase and self.authenticated:  # without a token both are views of the list
+            keys += [self._pinned_key, self._languages_key]
         return await self.cache.mark_changed(delivery, keys)
 
     def _by_name(self, listing: Entry) -> dict[str, Repository]:
@@ -186,7 +252,7 @@ class GitHubClient:
         shared = self.cache.shared
         if shared is None:
             return check
-        status = await shared.status(list_key=self._list_key)
+        status = await shared.status(keys=[self._list_key, self._pinned_key, self._languages_key])
         if status is None:
             return GitHubCheck(
                 check.status, f"{check.detail}; shared tier unavailable: serving this process's copies", worker=shared.holder
@@ -195,9 +261,11 @@ class GitHubClient:
             check.status,
             check.detail,
             worker=shared.holder,
-            last_refresh=_time(status.last_refresh) if status.last_refresh is not None else None,
+            last_refresh=_time_if(status.refreshed.get(self._list_key)),
+            last_pinned_refresh=_time_if(status.refreshed.get(self._pinned_key)),
+            last_languages_refresh=_time_if(status.refreshed.get(self._languages_key)),
             leases=[Lease(lease.key, lease.holder, _time(lease.until)) for lease in status.leases],
-            rate_limited_until=_time(status.rate_limited_until) if status.rate_limited_until is not None else None,
+            rate_limited_until=_time_if(status.rate_limited_until),
         )
 
     def _own_readiness(self) -> GitHubCheck:
@@ -281,6 +349,40 @@ class GitHubClient:
             return NOT_MODIFIED
         return Fetched(repositories, pages)
 
+    async def _fetch_pinned(self, entry: Entry | None) -> Fetched:
+        owner = self._require_owner()
+        data: graphql.PinnedData = await self._within_deadline(
+            lambda: self._query(graphql.PINNED, {"login": owner}, graphql.PINNED_ANSWER)
+        )
+        if data.repository_owner is None:
+            raise self._owner_missing(owner)
+        return Fetched([graphql.showcase_repository(node) for node in data.repository_owner.pinned_items.nodes], None)
+
+    async def _fetch_languages(self, entry: Entry | None) -> Fetched:
+        owner = self._require_owner()
+        nodes: list[graphql.LanguagesNode] = []
+
+        async def walk() -> None:
+            after: str | None = None
+            for _ in range(MAX_PAGES):
+                data: graphql.LanguagesData = await self._query(
+                    graphql.LANGUAGES, {"login": owner, "after": after}, graphql.LANGUAGES_ANSWER
+                )
+                if data.repository_owner is None:
+                    raise self._owner_missing(owner)
+                page = data.repository_owner.repositories
+                nodes.extend(page.nodes)
+                if not page.page_info.has_next_page or not page.page_info.end_cursor:
+                    return
+                after = page.page_info.end_cursor
+
+        await self._within_deadline(walk)  # one GITHUB_TIMEOUT for every page
+        return Fetched(graphql.owner_languages(nodes), None)
+
+    def _owner_missing(self, owner: str) -> OwnerNotFound:
+        self._config_problem = f"GitHub owner {owner!r} does not exist"
+        return OwnerNotFound(owner)
+
     async def _first_page(self) -> str:
         owner_entry = self.cache.peek(self._owner_key) or (await self.profile()).entry
         owner: Owner = owner_entry.value
@@ -317,11 +419,43 @@ class GitHubClient:
             self._record(False, "timeout")
             raise UpstreamTimeout(f"GitHub did not answer within {self.timeout:g} s.") from None
 
-    async def _get(self, url: str, *, etag: str | None) -> httpx.Response | NotModified:
+    async def _check_rate_limit(self) -> None:
+        """No call while this process, or any other, knows the rate limit is used up."""
         shared = self.cache.shared
         wait = max(self._blocked_until, shared.blocked_until if shared else 0.0) - self.clock()
         if wait > 0:
             raise UpstreamRateLimited(math.ceil(wait))
+
+    async def _block(self, retry_after: int) -> None:
+        self._blocked_until = self.clock() + retry_after
+        logger.warning("GitHub rate limit reached; no upstream call for %d s", retry_after)
+        shared = self.cache.shared
+        if shared is not None:
+            await shared.block(self._blocked_until)  # and none from any other process either
+
+    async def _rate_limited(self, retry_after: int) -> NoReturn:
+        retry_after = min(retry_after, MAX_RATE_LIMIT_WAIT)
+        self._record(False, "rate limited")
+        await self._block(retry_after)
+        raise UpstreamRateLimited(retry_after)
+
+    async def _refused(self, response: httpx.Response) -> NoReturn:
+        """A status that is not an answer: credentials rejected, rate limited, or broken."""
+        status = response.status_code
+        if status == 401:
+            self._record(False, "credentials rejected")
+            self._config_problem = "GitHub credentials rejected (GITHUB_TOKEN)"
+            logger.error("GitHub answered 401: the configured GITHUB_TOKEN is invalid or expired")
+            raise CredentialsRejected()
+        if status in (403, 429):
+            retry_after = self._rate_limit_wait(response)
+            if retry_after is not None:
+                await self._rate_limited(retry_after)
+        self._record(False, f"HTTP {status}")
+        raise UpstreamBroken(f"GitHub answered HTTP {status}.")
+
+    async def _get(self, url: str, *, etag: str | None) -> httpx.Response | NotModified:
+        await self._check_rate_limit()
         try:
             response = await self.http.get(url, headers={"If-None-Match": etag} if etag else None)
         except (httpx.TransportError, httpx.TooManyRedirects) as exc:
@@ -337,22 +471,55 @@ class GitHubClient:
         if status == 404:
             self._record(True, "not found")
             raise _UpstreamMissing()
-        if status == 401:
-            self._record(False, "credentials rejected")
-            self._config_problem = "GitHub credentials rejected (GITHUB_TOKEN)"
-            logger.error("GitHub answered 401: the configured GITHUB_TOKEN is invalid or expired")
-            raise CredentialsRejected()
-        if status in (403, 429):
-            retry_after = self._rate_limit_wait(response)
-            if retry_after is not None:
-                self._blocked_until = self.clock() + retry_after
-                self._record(False, "rate limited")
-                logger.warning("GitHub rate limit reached; no upstream call for %d s", retry_after)
-                if shared is not None:
-                    await shared.block(self._blocked_until)  # and none from any other process either
-                raise UpstreamRateLimited(retry_after)
-        self._record(False, f"HTTP {status}")
-        raise UpstreamBroken(f"GitHub answered HTTP {status}.")
+        await self._refused(response)
+
+    async def _query(self, query: str, variables: dict[str, Any], decoder: msgspec.json.Decoder[graphql.Answer[T]]) -> T:
+        """One GraphQL query (POST /graphql). Only `data` without `errors` is an answer: errors (a renamed
+        owner, a missing permission), RATE_LIMITED and a body that is not the documented JSON are upstream
+        failures, as a REST call's would be."""
+        await self._check_rate_limit()
+        try:
+            response = await self.http.post(
+                "/graphql",
+                content=_encoder.encode({"query": query, "variables": variables}),
+                headers={"Content-Type": "application/json"},
+            )
+        except (httpx.TransportError, httpx.TooManyRedirects) as exc:
+            self._record(False, type(exc).__name__)
+            raise UpstreamBroken(f"Could not reach GitHub ({type(exc).__name__}).") from None
+        self._log_points(response)
+        if response.status_code != 200:
+            await self._refused(response)
+        try:
+            answer = decoder.decode(response.content)
+        except msgspec.DecodeError as exc:
+            self._record(False, "malformed answer")
+            raise UpstreamBroken(f"GitHub sent a GraphQL answer this service cannot read ({exc}).") from None
+        errors = answer.errors or []
+        if any(error.type == "RATE_LIMITED" for error in errors) or (
+            answer.data is None and response.headers.get("x-ratelimit-remaining") == "0"
+        ):
+            await self._rate_limited(self._raw_rate_limit_wait(response) or 60)
+        if errors or answer.data is None:
+            self._record(False, "graphql errors")
+            first = errors[0].message[:200] if errors else "no data"
+            raise UpstreamBroken(f"GitHub answered the GraphQL query with errors: {first}")
+        self._record(True, "ok")
+        if response.headers.get("x-ratelimit-remaining") == "0":
+            # A good answer that spent the last point: keep it, and call no more before the reset.
+            await self._block(self._rate_limit_wait(response) or 60)
+        return answer.data
+
+    def _log_points(self, response: httpx.Response) -> None:
+        """GraphQL's budget is points; its headers (also in /metrics, by resource) are logged per call."""
+        headers = response.headers
+        logger.info(
+            "GitHub GraphQL: %s points used of %s, %s left, resets at %s",
+            headers.get("x-ratelimit-used", "?"),
+            headers.get("x-ratelimit-limit", "?"),
+            headers.get("x-ratelimit-remaining", "?"),
+            _time(int(reset)) if (reset := headers.get("x-ratelimit-reset", "")).isdigit() else "?",
+        )
 
     def _rate_limit_wait(self, response: httpx.Response) -> int | None:
         """Seconds until GitHub will serve us again (at most an hour, GitHub's window), or None if

@@ -92,6 +92,75 @@ def select(repositories: list[Repository], query: RepositoryQuery) -> list[Repos
     return chosen[: query.limit]
 
 
+# -- the showcase: pinned repositories and languages ---------------------------------------------
+
+SHOWCASE_SIZE = 6  # GitHub lets an owner pin six; the top-starred fallback shows as many
+
+
+class Language(msgspec.Struct, omit_defaults=True):
+    """A language's part of the owner's (or one repository's) code: `bytes` when GitHub measured it, else
+    `repositories`, the count of repositories whose primary language it is."""
+
+    name: str
+    color: str | None  # as GitHub gives it; always sent, null where GitHub has none
+    share: float  # of the whole: the items' shares add up to 1
+    bytes: int | msgspec.UnsetType = msgspec.UNSET
+    repositories: int | msgspec.UnsetType = msgspec.UNSET
+
+
+class ShowcaseRepository(Repository):
+    """A repository as /github/repos shows it, plus its languages, largest first."""
+
+    languages: list[Language] = msgspec.field(default_factory=list)
+
+
+class Pinned(msgspec.Struct):
+    """GET /github/pinned: the owner's pins in the owner's order, or else the most starred repositories."""
+
+    source: Literal["pinned", "top-starred"]
+    items: list[ShowcaseRepository]
+
+
+class Languages(msgspec.Struct):
+    """GET /github/languages: the owner's languages over non-fork, non-archived repositories, largest first."""
+
+    source: Literal["bytes", "primary-language"]
+    items: list[Language]
+
+
+def _shown(repository: Repository) -> bool:
+    return not repository.fork and not repository.archived
+
+
+def top_starred(repositories: list[Repository]) -> Pinned:
+    """The fallback for pins: the six non-fork, non-archived repositories with the most stars (ties by name),
+    each with its primary language (the list has no bytes)."""
+    chosen = sorted(filter(_shown, repositories), key=lambda r: (-(r.stargazers_count or 0), r.name.lower()))
+    items = [
+        ShowcaseRepository(**msgspec.structs.asdict(r), languages=[Language(r.language, None, 1.0)] if r.language else [])
+        for r in chosen[:SHOWCASE_SIZE]
+    ]
+    return Pinned("top-starred", items)
+
+
+def primary_languages(repositories: list[Repository]) -> Languages:
+    """The fallback for languages: how many non-fork, non-archived repositories have each primary language."""
+    counts: dict[str, int] = {}
+    for repository in filter(_shown, repositories):
+        if repository.language:
+            counts[repository.language] = counts.get(repository.language, 0) + 1
+    total = sum(counts.values())
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0].lower()))
+    return Languages("primary-language", [Language(name, None, count / total, repositories=count) for name, count in ranked])
+
+
+def byte_languages(sizes: dict[str, tuple[str | None, int]]) -> list[Language]:
+    """Languages by bytes (name -> (color, bytes)), largest first, with their shares of the whole."""
+    total = sum(size for _, size in sizes.values())
+    ranked = sorted(sizes.items(), key=lambda item: (-item[1][1], item[0].lower()))
+    return [Language(name, color, size / total, bytes=size) for name, (color, size) in ranked if size > 0]
+
+
 def is_valid_repository_name(name: str) -> bool:
     """Checked on the decoded path segment before any upstream call, so nothing can steer GitHub's URL."""
     return _NAME.fullmatch(name) is not None and name not in (".", "..") and not name.lower().endswith(".git")

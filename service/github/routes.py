@@ -1,5 +1,5 @@
-"""GET /github/repos, /github/repos/{name} and /github/owner, answered from cached, pre-encoded bytes;
-POST /github/webhook (service.github.webhook)."""
+"""GET /github/repos, /github/repos/{name}, /github/owner, /github/pinned and /github/languages, answered
+from cached, pre-encoded bytes; POST /github/webhook (service.github.webhook)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from service.errors import NotFound
 from service.github.cache import Lookup
-from service.github.client import GitHubClient
+from service.github.client import GitHubClient, View
 from service.github.models import RepositoryQuery, is_valid_repository_name, select
 from service.github.webhook import WEBHOOK_MAX_BODY_BYTES, receive_webhook
 from service.json_body import QueryParser
@@ -47,6 +47,14 @@ async def get_owner(request: Request) -> BytesResponse:
     return _cached_response(request, lookup, _WHOLE, lambda: _encoder.encode(lookup.entry.value))
 
 
+async def get_pinned(request: Request) -> BytesResponse:
+    return _view_response(request, await _github(request).pinned())
+
+
+async def get_languages(request: Request) -> BytesResponse:
+    return _view_response(request, await _github(request).languages())
+
+
 def _github(request: Request) -> GitHubClient:
     github: GitHubClient = request.app.state.github
     return github
@@ -59,10 +67,16 @@ def _cached_response(request: Request, lookup: Lookup, view_key: Hashable, rende
     return view.respond(request.headers, headers)
 
 
+def _view_response(request: Request, view: View) -> BytesResponse:
+    return _cached_response(request, view.lookup, view.key, lambda: _encoder.encode(view.render()))
+
+
 routes = [
     Route("/github/repos", list_repositories, methods=["GET"]),
     Route("/github/repos/{name}", get_repository, methods=["GET"]),
     Route("/github/owner", get_owner, methods=["GET"]),
+    Route("/github/pinned", get_pinned, methods=["GET"]),
+    Route("/github/languages", get_languages, methods=["GET"]),
     # GitHub sends pushes of up to 25 MiB; every other route keeps the app's max_body_size.
     Route("/github/webhook", receive_webhook, methods=["POST"], max_body_size=WEBHOOK_MAX_BODY_BYTES),
 ]

@@ -76,7 +76,7 @@ class Lease(NamedTuple):
 class TierStatus(NamedTuple):
     """What `/health/ready` shows of the shared tier."""
 
-    last_refresh: float | None  # when any process last had the repository list confirmed by GitHub
+    refreshed: dict[str, float]  # when any process last had each of the keys asked about confirmed by GitHub
     leases: list[Lease]
     rate_limited_until: float | None
 
@@ -222,15 +222,18 @@ class SharedSql:
             self._x(conn, "UPDATE github_shared SET changes = changes + 1 WHERE id = 1")
         return True
 
-    def status(self, *, now: float, list_key: str) -> TierStatus:
+    def status(self, *, now: float, keys: list[str]) -> TierStatus:
         with self.database.transaction(write=False, timeout=CONNECT_TIMEOUT) as conn:
-            found = self._x(conn, "SELECT validated_at FROM github_cache WHERE key = ?", (list_key,)).fetchone()
+            found = self._x(
+                conn, f"SELECT key, validated_at FROM github_cache WHERE validated_at IS NOT NULL AND key IN ({', '.join('?' * len(keys))})",
+                tuple(keys),
+            ).fetchall()  # fmt: skip
             leases = self._x(
                 conn, "SELECT key, lease_holder, lease_until FROM github_cache WHERE lease_until > ? ORDER BY key", (_us(now),)
             ).fetchall()  # fmt: skip
             blocked = self._x(conn, "SELECT rate_limited_until FROM github_shared WHERE id = 1").fetchone()[0]
         return TierStatus(
-            _seconds(found[0]) if found else None,
+            {key: validated_at / 1_000_000 for key, validated_at in found},
             [Lease(key, holder, until / 1_000_000) for key, holder, until in leases],
             blocked / 1_000_000 if blocked > _us(now) else None,
         )
@@ -341,5 +344,5 @@ class SharedTier:
     async def mark_changed(self, delivery: str | None, keys: list[str]) -> bool | None:
         return await self._call(self.sql.mark_changed, delivery, keys, now=self.clock())
 
-    async def status(self, *, list_key: str) -> TierStatus | None:
-        return await self._call(self.sql.status, now=self.clock(), list_key=list_key)
+    async def status(self, *, keys: list[str]) -> TierStatus | None:
+        return await self._call(self.sql.status, now=self.clock(), keys=keys)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import tempfile
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import parse_qs
 
 import msgspec
@@ -31,17 +31,25 @@ WEBHOOK_MAX_BODY_BYTES = 25 * 1024 * 1024
 IN_MEMORY_BYTES = 1024 * 1024  # a body is held in memory up to this while it is verified; beyond, in a temporary file
 MAX_BODIES_AT_ONCE = 4  # deliveries read at the same time by one worker; more get 503 + Retry-After (GitHub redelivers)
 
-# The events that change what the service shows, and whether they may change the owner's profile too
-# (its count of public repositories).
+
+class Affects(NamedTuple):
+    """Beyond the repository list: whether an event may change the owner's profile (its count of public
+    repositories), and the showcase (pinned repositories' stars and languages, the owner's languages)."""
+
+    profile: bool
+    showcase: bool
+
+
+# The events that change what the service shows. Pins themselves have no event: they refresh by TTL.
 CHANGING_EVENTS = {
-    "push": False,
-    "create": False,
-    "delete": False,
-    "release": False,
-    "star": False,
-    "fork": False,
-    "repository": True,
-    "public": True,
+    "push": Affects(profile=False, showcase=True),
+    "create": Affects(profile=False, showcase=False),
+    "delete": Affects(profile=False, showcase=False),
+    "release": Affects(profile=False, showcase=False),
+    "star": Affects(profile=False, showcase=True),
+    "fork": Affects(profile=False, showcase=False),
+    "repository": Affects(profile=True, showcase=True),
+    "public": Affects(profile=True, showcase=True),
 }
 
 
@@ -165,7 +173,10 @@ class WebhookReceiver:
             # Signed, yet no repository of GitHub's could have this name (a NUL, a slash): permanent, so a
             # 400, never a 503 that asks GitHub to redeliver, and nothing reaches the database.
             raise WebhookMalformed("The delivery names a repository no GitHub repository could be called.")
-        shared = await self.github.upstream_changed(delivery, repositories=names, profile=CHANGING_EVENTS[event])
+        affects = CHANGING_EVENTS[event]
+        shared = await self.github.upstream_changed(
+            delivery, repositories=names, profile=affects.profile, showcase=affects.showcase
+        )
         if shared is False:
             return Receipt(event, "duplicate", "This delivery was acted on before.", delivery), 200
         if shared is None:

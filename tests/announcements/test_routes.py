@@ -315,3 +315,111 @@ async def test_an_id_longer_than_any_id_is_404_whatever_the_method(api: httpx.As
         assert response.status_code == 404, (method, response.status_code)
         if method != "HEAD":
             assert_problem(response, 404)
+
+
+# -- by slug ---------------------------------------------------------------------------------
+
+
+async def test_by_slug_is_the_same_answer_as_by_id(api: httpx.AsyncClient) -> None:
+    created = await api.post("/announcements", json={**POST, "title": "Håndtering av blokkerende kode"}, headers=ADMIN)
+    body = created.json()
+    assert (
+        body["slug"] == "handtering-av-blokkerende-kode" and body["body_html"] == "<p>About <strong>async</strong> Python.</p>\n"
+    )
+    by_id = await api.get(f"/announcements/{body['id']}")
+    by_slug = await api.get("/announcements/slug/handtering-av-blokkerende-kode")
+    assert by_slug.status_code == 200 and by_slug.json() == by_id.json() == body
+    assert by_slug.headers["etag"] == by_id.headers["etag"] == created.headers["etag"]
+    assert by_slug.headers["cache-control"] == "no-cache"
+    again = await api.get(
+        "/announcements/slug/handtering-av-blokkerende-kode", headers={"If-None-Match": by_slug.headers["etag"]}
+    )
+    assert again.status_code == 304
+
+
+async def test_by_slug_unpublished_is_404_except_for_the_admin(api: httpx.AsyncClient) -> None:
+    scheduled = {**POST, "slug": "later", "published_at": "2099-01-01T00:00:00Z"}
+    assert (await api.post("/announcements", json=scheduled, headers=ADMIN)).status_code == 201
+    assert_problem(await api.get("/announcements/slug/later"), 404)
+    admin = await api.get("/announcements/slug/later", headers=ADMIN)
+    assert admin.status_code == 200 and admin.json()["slug"] == "later"
+    assert admin.headers["cache-control"] == "private, no-store"
+    assert_problem(await api.get("/announcements/slug/later", headers={"Authorization": "Bearer wrong-token-wrong-token"}), 401)
+
+
+@pytest.mark.parametrize("path", ["/announcements/slug/No-Caps", "/announcements/slug/a--b", "/announcements/slug/-a",
+                                  "/announcements/slug/" + "a" * 81, "/announcements/slug/missing"])  # fmt: skip
+async def test_by_slug_of_no_announcement_is_404(api: httpx.AsyncClient, path: str) -> None:
+    assert_problem(await api.get(path), 404)
+
+
+async def test_renamed_slug_is_seen_at_once_and_the_old_one_is_gone(api: httpx.AsyncClient) -> None:
+    created = (await api.post("/announcements", json=POST, headers=ADMIN)).json()
+    assert (await api.get(f"/announcements/slug/{created['slug']}")).status_code == 200  # now cached
+    renamed = await api.patch(f"/announcements/{created['id']}", json={"slug": "renamed"}, headers=ADMIN)
+    assert renamed.status_code == 200 and renamed.json()["slug"] == "renamed"
+    assert_problem(await api.get(f"/announcements/slug/{created['slug']}"), 404)
+    assert (await api.get("/announcements/slug/renamed")).json() == renamed.json()
+
+
+async def test_taken_slug_is_409_on_post_and_patch_and_writes_nothing(api: httpx.AsyncClient) -> None:
+    first = (await api.post("/announcements", json={**POST, "slug": "taken"}, headers=ADMIN)).json()
+    second = (await api.post("/announcements", json=POST, headers=ADMIN)).json()
+    assert second["slug"] == "new-talk-on-friday"
+    assert (
+        "taken" in assert_problem(await api.post("/announcements", json={**POST, "slug": "taken"}, headers=ADMIN), 409)["detail"]
+    )
+    patch = await api.patch(f"/announcements/{second['id']}", json={"slug": "taken", "title": "x"}, headers=ADMIN)
+    assert_problem(patch, 409)
+    assert await count_all(api) == 2
+    assert (await api.get(f"/announcements/{second['id']}")).json() == second
+    assert (await api.get("/announcements/slug/taken")).json() == first
+
+
+@pytest.mark.parametrize("fields", [{"slug": "Bad Slug"}, {"slug": ""}, {"slug": "a" * 81}, {"summary": "x" * 501},
+                                    {"body_html": "<p>mine</p>"}])  # fmt: skip
+async def test_bad_slug_or_summary_or_read_only_body_html_is_422(api: httpx.AsyncClient, fields: dict[str, str]) -> None:
+    problem = assert_problem(await api.post("/announcements", json={**POST, **fields}, headers=ADMIN), 422)
+    assert [e["field"] for e in problem["errors"]] == list(fields)
+    assert await count_all(api) == 0
+
+
+# -- search ----------------------------------------------------------------------------------
+
+
+async def test_search_answers_best_matches_first_with_tag_and_limit(api: httpx.AsyncClient) -> None:
+    for title, body, tags in [("Blåbær og brødskiver", "Om frokost.", ["mat"]), ("Frokost", "Blåbær på brødskiva.", ["mat"]),
+                              ("Blåbær", "Bær.", ["skog"])]:  # fmt: skip
+        assert (
+            await api.post("/announcements", json={"title": title, "body": body, "tags": tags}, headers=ADMIN)
+        ).status_code == 201
+    found = await api.get("/announcements", params={"q": "blåbær", "tag": "mat"})
+    assert found.status_code == 200 and found.headers["etag"]
+    assert [a["title"] for a in found.json()["items"]] == ["Blåbær og brødskiver", "Frokost"]
+    assert found.json()["next_cursor"] is None
+    one = await api.get("/announcements", params={"q": "BLÅBÆR", "limit": "1"})
+    assert [a["title"] for a in one.json()["items"]] == ["Blåbær"]
+    assert (await api.get("/announcements", params={"q": "brødskiva"})).json()["items"][0]["title"] == "Frokost"
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"q": "?!… —"}, "q"),
+        ({"q": '"'}, "q"),
+        ({"q": ""}, "q"),
+        ({"q": "x" * 201}, "q"),
+        ({"q": "a", "cursor": "0.1.1"}, "cursor"),
+    ],
+)
+async def test_search_without_words_or_with_a_cursor_is_422_naming_the_field(
+    api: httpx.AsyncClient, params: dict[str, str], field: str
+) -> None:
+    problem = assert_problem(await api.get("/announcements", params=params), 422)
+    assert [e["field"] for e in problem["errors"]] == [field]
+
+
+async def test_search_sees_a_write_at_once(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/announcements", params={"q": "zebra"})).json()["items"] == []  # cached: nothing
+    await api.post("/announcements", json={**POST, "body": "A zebra."}, headers=ADMIN)
+    assert len((await api.get("/announcements", params={"q": "zebra"})).json()["items"]) == 1

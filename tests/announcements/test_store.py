@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from service.announcements.models import AnnouncementPatch, NewAnnouncement, decode_cursor, encode_cursor
+from service.announcements.models import AnnouncementPatch, NewAnnouncement, decode_cursor, encode_cursor, search_words
+from service.announcements.schema import MIGRATIONS
 from service.announcements.store import AnnouncementStore, open_store
-from service.database import DatabaseUnavailable
-from service.errors import InvalidInput, NotFound, PreconditionFailed
+from service.database import DatabaseUnavailable, open_database
+from service.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -38,9 +39,11 @@ def test_migrations_are_versioned_and_idempotent(database_url: str) -> None:
     try:
         with pytest.raises(DatabaseUnavailable, match="migrate"):
             store.readiness()
-        assert store.migrate() == [1, 2, 3, 4] == [m.version for m in store.database.migrations]
+        versions = [m.version for m in store.database.migrations]
+        assert {1, 2, 3, 4, 5} <= set(versions)  # other packages may add theirs
+        assert store.migrate() == versions == sorted(versions)
         assert store.migrate() == []
-        assert store.readiness() == (True, f"{store.kind}, schema version 4")
+        assert store.readiness() == (True, f"{store.kind}, schema version {versions[-1]}")
     finally:
         store.close()
 
@@ -179,3 +182,181 @@ def test_unreachable_postgres_is_store_unavailable() -> None:
             store.readiness()
     finally:
         store.close()
+
+
+# -- slugs, summary and the rendered body ------------------------------------------------------
+
+
+def test_slug_is_made_from_the_title_in_ascii(store: AnnouncementStore) -> None:
+    created = store.create(new("Håndtering av blokkerende kode"), now=NOW)
+    assert created.slug == "handtering-av-blokkerende-kode"
+    assert store.get_by_slug("handtering-av-blokkerende-kode") == created == store.get(created.id)
+    assert store.create(new("Ærlig talt: øl på Straße"), now=NOW).slug == "aerlig-talt-ol-pa-strasse"
+    assert store.get_by_slug("no-such-slug") is None
+
+
+def test_title_with_nothing_latin_is_named_after_its_id(store: AnnouncementStore) -> None:
+    created = store.create(new("新年快乐"), now=NOW)
+    assert created.slug == f"announcement-{created.id}"
+    assert store.get_by_slug(created.slug) == created
+
+
+def test_slug_clashes_get_a_number(store: AnnouncementStore) -> None:
+    slugs = [store.create(new("Release notes"), now=NOW).slug for _ in range(3)]
+    assert slugs == ["release-notes", "release-notes-2", "release-notes-3"]
+    long = store.create(new("word " * 40), now=NOW).slug
+    again = store.create(new("word " * 40), now=NOW).slug
+    assert len(long) <= 80 and len(again) <= 80 and again.endswith("-2") and again != long
+
+
+def test_given_slug_is_kept_and_a_taken_one_is_409_writing_nothing(store: AnnouncementStore) -> None:
+    first = store.create(new("Anything", slug="my-post"), now=NOW)
+    assert first.slug == "my-post"
+    with pytest.raises(Conflict):
+        store.create(new("Other", slug="my-post"), now=NOW)
+    assert len(store.list(now=NOW, limit=10, tag=None, include_all=True, after=None)) == 1
+
+
+def test_slug_changed_by_patch_and_a_clash_is_409(store: AnnouncementStore) -> None:
+    a = store.create(new("Alpha"), now=NOW)
+    b = store.create(new("Beta"), now=NOW)
+    renamed = store.update(a.id, AnnouncementPatch(slug="first"), now=NOW + timedelta(seconds=1), if_match=None)
+    assert renamed.slug == "first" and store.get_by_slug("alpha") is None and store.get_by_slug("first") == renamed
+    with pytest.raises(Conflict):
+        store.update(b.id, AnnouncementPatch(slug="first", title="x"), now=NOW + timedelta(seconds=2), if_match=None)
+    assert store.get(b.id) == b
+    retitled = store.update(b.id, AnnouncementPatch(title="Gamma"), now=NOW + timedelta(seconds=3), if_match=None)
+    assert retitled.slug == "beta"  # a slug is a URL: a new title does not move it
+
+
+def test_summary_is_stored_and_patched(store: AnnouncementStore) -> None:
+    created = store.create(new(summary="Short."), now=NOW)
+    assert created.summary == "Short." and store.create(new("b"), now=NOW).summary == ""
+    updated = store.update(created.id, AnnouncementPatch(summary="Shorter."), now=NOW + timedelta(seconds=1), if_match=None)
+    assert store.get(created.id) == updated and updated.summary == "Shorter."
+
+
+def test_body_html_is_rendered_on_write_and_stored(store: AnnouncementStore) -> None:
+    created = store.create(new(body="About **async** Python."), now=NOW)
+    assert created.body_html == "<p>About <strong>async</strong> Python.</p>\n"
+    assert store.get(created.id) == created
+    updated = store.update(created.id, AnnouncementPatch(body="~~old~~ new"), now=NOW + timedelta(seconds=1), if_match=None)
+    assert updated.body_html == "<p><s>old</s> new</p>\n"
+    assert store.get(created.id) == updated
+
+
+@pytest.mark.parametrize(
+    ("markdown", "absent", "present"),
+    [
+        ("Hi <script>alert(1)</script> there", ["<script", "alert(1)"], ["Hi", "there"]),
+        ("<script>\nalert(1)\n</script>\n\nafter", ["<script", "alert"], ["<p>after</p>"]),
+        ('<img src="https://x.org/a.png" onerror="alert(1)">', ["onerror", "alert"], ['src="https://x.org/a.png"']),
+        ("[click](javascript:alert(1)) and <a href=\"javascript:alert(2)\">raw</a>", ['href="javascript', "href=javascript"], ["raw</a>"]),
+        ('<div onclick="steal()" style="color:red">\n\n**raw** block\n\n</div>\n\n<iframe src="https://evil.example"></iframe>',
+         ["onclick", "steal", "style=", "<iframe", "evil"], ["<div>", "<strong>raw</strong>"]),
+        ("![dot](data:image/png;base64,iVBORw0KGgo=) ![ok](https://example.com/ok.png) ![rel](/img/a.png)",
+         ["data:", "base64"], ['src="https://example.com/ok.png"', 'src="/img/a.png"', 'alt="dot"']),
+        ("<style>body { display: none }</style>\n\ntext", ["<style", "display"], ["<p>text</p>"]),
+        ("```python\nprint('hi')\n```", [], ["<pre><code class=\"language-python\">print('hi')\n</code></pre>"]),
+        ('<code class="evil">x</code> <p class="x" id="y">p</p>', ['class="evil"', 'class="x"', 'id="y"'], ["<code>x</code>"]),
+        ("| a | b |\n|---|--:|\n| ~~1~~ | https://example.com |",
+         [], ["<table>", "<s>1</s>", '<td style="text-align:right"><a href="https://example.com"']),
+    ],
+    ids=["inline-script", "script-block", "onerror", "javascript-links", "raw-html-block", "data-image", "style",
+         "code-language", "classes", "gfm-table-strike-autolink"],
+)  # fmt: skip
+def test_body_html_is_sanitized(store: AnnouncementStore, markdown: str, absent: list[str], present: list[str]) -> None:
+    html = store.create(new(body=markdown), now=NOW).body_html
+    for text in absent:
+        assert text not in html, html
+    for text in present:
+        assert text in html, html
+
+
+def test_migrations_fill_slugs_html_and_search_index_of_existing_rows(database_url: str) -> None:
+    database = open_database(database_url, pool_size=2, packages=())
+    database.register("service.announcements", [m for m in MIGRATIONS if m.version < 5])
+    database.open()
+    try:
+        database.migrate()
+        with database.transaction(write=True) as conn:
+            for title in ("Same title", "Same title", "中文标题"):
+                database.execute(
+                    conn,
+                    "INSERT INTO announcements (title, body, published_at, created_at, updated_at) VALUES (?, ?, 0, 0, 0)",
+                    (title, "Some <script>x</script>*Markdown*."),
+                )
+        database.register("service.announcements", MIGRATIONS)
+        assert database.migrate() == [5, 6]
+        store = AnnouncementStore(database)
+        items = sorted(store.list(now=NOW, limit=10, tag=None, include_all=True, after=None), key=lambda a: a.id)
+        assert [a.slug for a in items] == ["same-title", "same-title-2", f"announcement-{items[2].id}"]
+        assert {a.body_html for a in items} == {"<p>Some <em>Markdown</em>.</p>\n"}
+        assert len(store.search(["markdown"], now=NOW, limit=10, tag=None, include_all=True)) == 3  # indexed too
+        with pytest.raises(Conflict):
+            store.update(items[0].id, AnnouncementPatch(slug="same-title-2"), now=NOW, if_match=None)
+    finally:
+        database.close()
+
+
+# -- full-text search ---------------------------------------------------------------------------
+
+
+def search(store: AnnouncementStore, q: str, *, tag: str | None = None, limit: int = 10, include_all: bool = False) -> list[str]:
+    return [a.title for a in store.search(search_words(q), now=NOW, limit=limit, tag=tag, include_all=include_all)]
+
+
+def test_search_finds_words_in_title_summary_and_body_best_first(store: AnnouncementStore) -> None:
+    store.create(new("Meetup", body="We talk about asyncio and Starlette."), now=NOW)
+    store.create(new("Asyncio in depth", body="A talk."), now=NOW)
+    store.create(new("Other", summary="All about asyncio.", body="Nothing here."), now=NOW)
+    store.create(new("Unrelated", body="Gardening."), now=NOW)
+    assert search(store, "asyncio") == ["Asyncio in depth", "Other", "Meetup"]  # title, then summary, then body
+    assert search(store, "ASYNCIO starlette") == ["Meetup"]  # every word, any case
+    assert search(store, "asyncio", limit=1) == ["Asyncio in depth"]
+    assert search(store, "nowhere") == []
+
+
+def test_search_finds_norwegian_words_by_their_own_letters(store: AnnouncementStore) -> None:
+    store.create(new("Håndtering av blokkerende kode", body="Blåbærsyltetøy på brødskiva."), now=NOW)
+    store.create(new("Handtering", body="pa brodskiva"), now=NOW)
+    assert search(store, "håndtering") == ["Håndtering av blokkerende kode"]
+    assert search(store, "BLÅBÆRSYLTETØY") == ["Håndtering av blokkerende kode"]
+    assert search(store, "brødskiva på") == ["Håndtering av blokkerende kode"]  # å is not a, ø is not o
+    assert search(store, "pa") == ["Handtering"]
+
+
+def test_search_of_chinese_matches_whole_runs_of_characters(store: AnnouncementStore) -> None:
+    store.create(new("新年快乐", body="我们 庆祝 春节。"), now=NOW)
+    assert search(store, "新年快乐") == ["新年快乐"]
+    assert search(store, "春节") == ["新年快乐"]  # delimited by spaces and punctuation in the text
+    assert search(store, "新年") == []  # part of a run: no word boundary for either engine
+
+
+def test_search_keeps_to_public_and_tag_unless_all(store: AnnouncementStore) -> None:
+    store.create(new("Python talk", tags=["talks"]), now=NOW)
+    store.create(new("Python post", tags=["posts"]), now=NOW)
+    store.create(new("Python later", published_at="2099-01-01T00:00:00Z"), now=NOW)
+    assert search(store, "python", tag="talks") == ["Python talk"]
+    assert sorted(search(store, "python")) == ["Python post", "Python talk"]
+    assert len(search(store, "python", include_all=True)) == 3
+
+
+def test_search_follows_updates_and_deletes(store: AnnouncementStore) -> None:
+    created = store.create(new("Before", body="first words"), now=NOW)
+    store.update(created.id, AnnouncementPatch(body="second words"), now=NOW + timedelta(seconds=1), if_match=None)
+    assert search(store, "first") == [] and search(store, "second") == ["Before"]
+    store.delete(created.id, if_match=None)
+    assert search(store, "second") == []
+
+
+@pytest.mark.parametrize("q", ['"', "AND OR NOT", "a* NEAR(b c) title:x ^y", "'; DROP TABLE announcements; --", "(((", "!@#:&|"])
+def test_search_syntax_of_either_engine_is_only_text(store: AnnouncementStore, q: str) -> None:
+    store.create(new("Title x", body="a b c y and or not drop table announcements"), now=NOW)
+    words = search_words(q) if any(ch.isalnum() for ch in q) else None
+    if words is None:
+        with pytest.raises(InvalidInput) as caught:
+            search_words(q)
+        assert caught.value.errors[0].field == "q"
+    else:
+        store.search(words, now=NOW, limit=10, tag=None, include_all=False)  # answers, never an engine error

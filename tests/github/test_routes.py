@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -19,29 +17,12 @@ from starlette.types import ASGIApp, Message
 from service.app import create_app
 from service.github.client import UNLISTED_LOOKUP_BURST, TokenBucket
 from service.settings import Settings
-from tests.github_standin import GitHubStandIn, Reply, gather, poll
-from tests.support import assert_problem, eventually, refused_port, running
+from tests.github_standin import TOKEN, GitHubStandIn, Reply, gather, poll
+from tests.support import OpenClient, assert_problem, eventually, refused_port, running
 
 pytestmark = pytest.mark.anyio
 
-TOKEN = "ghp_standin_secret_token_123"
-
-OpenClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 Check = Callable[[list[dict[str, Any]], list[dict[str, Any]]], object]
-
-
-@pytest.fixture
-def github_client(make_settings: Callable[..., Settings]) -> OpenClient:
-    """An app whose GitHub is the given stand-in (or URL); short timeouts so failures are quick."""
-
-    @contextlib.asynccontextmanager
-    async def open_client(target: GitHubStandIn | str, **env: str) -> AsyncIterator[httpx.AsyncClient]:
-        url = target if isinstance(target, str) else target.url
-        base = {"GITHUB_OWNER": "octo-dev", "GITHUB_API_URL": url, "GITHUB_TIMEOUT": "1", "GITHUB_TOKEN": TOKEN}
-        async with running(create_app(make_settings(**{**base, **env}))) as client:
-            yield client
-
-    return open_client
 
 
 def names(response: httpx.Response) -> list[str]:

@@ -3,55 +3,26 @@ on one PostgreSQL database, against the GitHub stand-in that counts calls."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.github_standin import GitHubStandIn, Reply, delivery_headers, push_payload
-from tests.support import procfile_server, wait_until
+from tests.github_standin import Reply, delivery_headers, push_payload
+from tests.support import steady_traffic, wait_until
 
 pytestmark = pytest.mark.slow
 
 SECRET = "webhook-secret-0123456789abcdef"
 LIST = "/users/octo-dev/repos"
 EVERYTHING = "/github/repos?forks=true&limit=100"
-Server = tuple[str, subprocess.Popen[bytes], Path]  # url, process, log
-
-
-@pytest.fixture
-def deployment(
-    tmp_path: Path, standin: GitHubStandIn, database_url: str
-) -> Iterator[Callable[..., contextlib.AbstractContextManager[Server]]]:
-    """Starts servers that share one database, migrated first as Heroku's release phase does."""
-    env = {**os.environ, "DATABASE_URL": database_url}
-    subprocess.run(
-        [sys.executable, "-m", "service", "migrate"], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=60
-    )
-    count = iter(range(100))
-
-    @contextlib.contextmanager
-    def server(**overrides: str) -> Iterator[Server]:
-        log = tmp_path / f"server-{next(count)}.log"
-        settings = {
-            "DATABASE_URL": database_url, "GITHUB_OWNER": "octo-dev", "GITHUB_API_URL": standin.url, "WEB_CONCURRENCY": "2",
-            "GITHUB_TIMEOUT": "3", "ACCESS_LOG": "true", **overrides,
-        }  # fmt: skip
-        with procfile_server(settings, cwd=tmp_path, log=log) as (url, process):
-            yield url, process, log
-
-    yield server
 
 
 def get(url: str, path: str, **headers: str) -> httpx.Response:
@@ -79,22 +50,6 @@ def access_lines(log: Path) -> list[dict[str, object]]:
         for entry in map(json.loads, filter(lambda line: line.startswith("{"), log.read_text().splitlines()))
         if entry.get("msg") == "request"
     ]
-
-
-def steady_traffic(urls: list[str], seconds: float, paths: list[str], *, at_least: int) -> tuple[int, float]:
-    """Each server asked in turn, at most about 40 requests a second in all, for `seconds` and at least
-    `at_least` requests (longer on a slow machine, up to a minute); the count sent and the seconds it took.
-    Each request on a new connection, so every worker takes some."""
-    sent = 0
-    started = time.monotonic()
-    with contextlib.ExitStack() as stack:
-        clients = [stack.enter_context(httpx.Client(base_url=url, timeout=10)) for url in urls]
-        while (elapsed := time.monotonic() - started) < seconds or (sent < at_least and elapsed < 60):
-            response = clients[sent % len(clients)].get(paths[sent % len(paths)], headers={"Connection": "close"})
-            assert response.status_code == 200, response.text
-            sent += 1
-            time.sleep(0.025)
-    return sent, time.monotonic() - started
 
 
 def test_four_processes_fetch_the_list_about_once_per_ttl_and_listed_repositories_cost_nothing(deployment, standin) -> None:  # type: ignore[no-untyped-def]
