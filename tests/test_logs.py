@@ -18,7 +18,7 @@ from service.app import create_app
 from service.logs import JsonFormatter, logging_config
 from service.settings import Settings, load_settings
 from tests.github_standin import GitHubStandIn, Reply
-from tests.support import procfile_server, running
+from tests.support import procfile_server, reset_postgres, running
 
 pytestmark = pytest.mark.anyio
 
@@ -97,7 +97,9 @@ def test_every_line_of_a_real_server_run_is_json_and_holds_no_secret(
     if backend == "sqlite":
         database_url = f"sqlite:///{tmp_path}/db.sqlite"
     else:  # the test cluster trusts local connections: the password is carried, never checked
-        database_url = request.getfixturevalue("postgres_server").replace("postgres@", f"postgres:{DATABASE_PASSWORD}@", 1)
+        # An empty schema: a copy another test left in the shared tier would be served instead of the error.
+        server = reset_postgres(request.getfixturevalue("postgres_server"))
+        database_url = server.replace("postgres@", f"postgres:{DATABASE_PASSWORD}@", 1)
     stdout, stderr = tmp_path / "stdout.log", tmp_path / "stderr.log"
     with GitHubStandIn() as github:
         github.scenario = rejecting_github

@@ -247,11 +247,11 @@ def test_check_config_prints_every_variable_the_service_reads_with_secrets_maske
 def test_serve_limits_malloc_arenas_unless_told_otherwise() -> None:
     """Bench scenario 12: with glibc's default arenas a burst of reads in the thread pool left a worker ~50 MB
     larger; the web process and the workers it spawns get two, as Heroku advises, unless MALLOC_ARENA_MAX says."""
-    from service.__main__ import MALLOC_ARENAS, limit_malloc_arenas
+    from service.__main__ import MALLOC_ARENAS, MALLOC_MMAP_THRESHOLD, limit_malloc_arenas
 
     unset: dict[str, str] = {}
     limit_malloc_arenas(unset)
-    assert unset == {"MALLOC_ARENA_MAX": str(MALLOC_ARENAS)}
-    given = {"MALLOC_ARENA_MAX": "4"}
+    assert unset == {"MALLOC_ARENA_MAX": str(MALLOC_ARENAS), "MALLOC_MMAP_THRESHOLD_": str(MALLOC_MMAP_THRESHOLD)}
+    given = {"MALLOC_ARENA_MAX": "4", "MALLOC_MMAP_THRESHOLD_": "1048576"}
     limit_malloc_arenas(given)
-    assert given == {"MALLOC_ARENA_MAX": "4"}
+    assert given == {"MALLOC_ARENA_MAX": "4", "MALLOC_MMAP_THRESHOLD_": "1048576"}
