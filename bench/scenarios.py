@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import re
@@ -613,6 +614,76 @@ def decoding(profile: Profile) -> list[Outcome]:
     ]
 
 
+def search(profile: Profile) -> list[Outcome]:
+    """Scenario 14: full-text search over 10,000 announcements on SQLite (FTS5), against a LIKE '%word%' scan of
+    the same rows, in process through the store."""
+    import random
+    import sqlite3
+    import statistics
+
+    from service.announcements.models import NewAnnouncement, search_words
+    from service.announcements.store import AnnouncementStore
+    from service.database import open_database
+
+    count = 500 if profile is SMOKE else 10_000
+    rng = random.Random(14)
+    # A word is in about 24 of 10,000 posts: a search names something specific, so a scan cannot stop early.
+    vocabulary = [f"word{n}" for n in range(50_000)] + ["håndtering", "blokkerende", "kode"]
+    workdir = Path(tempfile.mkdtemp(prefix="website-api-search-"))
+    database = open_database(f"sqlite:///{workdir}/search.db")
+    database.open()
+    database.migrate()
+    store = AnnouncementStore(database)
+    now = datetime.datetime.now(datetime.UTC)
+    for n in range(count):
+        body = " ".join(rng.choice(vocabulary) for _ in range(120))
+        store.create(NewAnnouncement(title=f"Post {n} {rng.choice(vocabulary)}", body=body), now=now)
+    queries = [rng.choice(vocabulary) for _ in range(50 if profile is SMOKE else 400)]
+
+    def timed(run: Callable[[str], object]) -> list[float]:
+        times = []
+        for word in queries:
+            started = time.perf_counter()
+            run(word)
+            times.append(time.perf_counter() - started)
+        return times
+
+    fts = timed(lambda word: store.search(search_words(word), now=now, limit=20, tag=None, include_all=False))
+    with sqlite3.connect(workdir / "search.db") as scan:
+        like = timed(
+            lambda word: scan.execute(
+                "SELECT * FROM announcements WHERE title LIKE ? OR summary LIKE ? OR body LIKE ? ORDER BY id DESC LIMIT 20",
+                (f"%{word}%",) * 3,
+            ).fetchall()
+        )
+    database.close()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+    def p(values: list[float], q: int) -> float:
+        return statistics.quantiles(values, n=100)[q - 1]
+
+    table = [
+        ("Query", "p50", "p99"),
+        ("FTS5 through the store (20 best, rows decoded)", f"{p(fts, 50) * 1e3:.2f} ms", f"{p(fts, 99) * 1e3:.2f} ms"),
+        ("LIKE '%word%' over title, summary, body (same rows)", f"{p(like, 50) * 1e3:.2f} ms", f"{p(like, 99) * 1e3:.2f} ms"),
+    ]
+    return [
+        Outcome(
+            f"14. Search over {count:,} announcements on SQLite, in process",
+            table=table,
+            goals=[
+                Goal("LIKE scan / FTS5, p50", p(like, 50) / p(fts, 50), 10.0),
+                Goal("LIKE scan / FTS5, p99", p(like, 99) / p(fts, 99), 10.0),
+            ],
+            notes=[
+                f"{len(queries)} one-word queries drawn from a vocabulary of 50,003 words, bodies of 120 words: each word "
+                "is in a few dozen posts, as a search for something specific is. FTS5 ranks every match (bm25) and the "
+                "store decodes the 20 best; the scan stops at 20 matches, newest first, or reads every row."
+            ],
+        )
+    ]
+
+
 def compression_costs(profile: Profile) -> list[Outcome]:
     """Scenario 9: what each compression setting costs and saves, in process; the threshold; start-up."""
     import gzip
@@ -828,6 +899,7 @@ SELECTABLE = {
     "decoding": ("5",),
     "compression-costs": ("9",),
     "hostile": ("12",),
+    "search": ("14",),
 }
 
 
@@ -854,7 +926,9 @@ def everything(profile: Profile, only: set[str] | None = None) -> tuple[list[Out
             for name, scenario in with_env:
                 if selected(only, name):
                     outcomes += scenario(env, profile)
-    for name, alone in (("decoding", decoding), ("compression-costs", compression_costs), ("hostile", hostile_mix)):
+    for name, alone in (
+        ("decoding", decoding), ("compression-costs", compression_costs), ("hostile", hostile_mix), ("search", search)
+    ):  # fmt: skip
         if selected(only, name):
             outcomes += alone(profile)
     outcomes.sort(key=lambda o: o.title)

@@ -24,7 +24,7 @@ def test_bench_smoke_run_writes_the_report_and_charts(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
-    for number in range(1, 14):
+    for number in range(1, 15):
         assert f"## {number}." in report
     assert "| Scenario | Measure | Measured | Goal | Met |" in report
     for chart in ("throughput.png", "latency.png", "goals.png"):
@@ -60,7 +60,7 @@ def test_only_runs_the_scenarios_named_by_name_or_number() -> None:
     assert {name for name in SELECTABLE if selected({"8"}, name)} == {"side-by-side"}
     assert all(selected(None, name) for name in SELECTABLE)
     numbers = sorted((n for numbers in SELECTABLE.values() for n in numbers), key=int)
-    assert numbers == [str(n) for n in range(1, 14)]  # every scenario once
+    assert numbers == [str(n) for n in range(1, 15)]  # every scenario once
 
 
 def test_hostile_slow_reader_reads_pipelined_answers_one_by_one() -> None:
