@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import bisect
 import glob
 import os
 import re
@@ -49,6 +48,7 @@ MAX_WEBHOOK_EVENTS = 64  # distinct event names kept as labels; later ones count
 _CONVERTOR = re.compile(r"\{(\w+):\w+\}")
 TEXT_FORMAT = b"text/plain; version=0.0.4; charset=utf-8"
 FLUSH_EVERY = 0.05  # seconds the hot path's counts may wait before they are written for scrapes
+MAX_PENDING = 4096  # durations of one series kept between two flushes, at most
 RequestKey = tuple[str, str | None, int]  # method, route as matched, status
 
 
@@ -104,9 +104,9 @@ class Series:
         self._children: dict[tuple[object, ...], Any] = {}
         self._waiting = 0.0
         self.webhook_events: set[str] = set()
-        # The hot path (requests, cache lookups) only adds up here, in plain Python; `flush` writes the sums
-        # at most FLUSH_EVERY later: one write per series instead of three per request.
-        self._pending_requests: dict[RequestKey, _PendingRequests] = {}
+        # The hot path (requests, cache lookups) only notes here, in plain Python; `flush` writes to
+        # prometheus_client at most FLUSH_EVERY later, off the request (in multiprocess mode each write is to a file).
+        self._pending_requests: dict[RequestKey, list[float]] = {}
         self._pending_lookups: dict[tuple[str, str], int] = {}
         self._flush_at: asyncio.TimerHandle | None = None
         atexit.register(self.flush)
@@ -115,11 +115,11 @@ class Series:
         key = (method if method in METHODS else "other", route, status)
         pending = self._pending_requests.get(key)
         if pending is None:
-            pending = self._pending_requests[key] = _PendingRequests()
-        pending.count += 1
-        pending.seconds += seconds
-        pending.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # a value on a bound counts in that bucket
-        if self._flush_at is None:
+            pending = self._pending_requests[key] = []
+        pending.append(seconds)
+        if len(pending) >= MAX_PENDING:  # a flood between two flushes: written now, so the list stays bounded
+            self.flush()
+        elif self._flush_at is None:
             self._schedule_flush()
 
     def count_lookup(self, resource: str, state: str) -> None:
@@ -140,14 +140,11 @@ class Series:
             self._flush_at.cancel()
             self._flush_at = None
         requests, self._pending_requests = self._pending_requests, {}
-        for key, pending in requests.items():
+        for key, durations in requests.items():
             counter, histogram = self._request_children.get(key) or self._children_of(key)
-            counter.inc(pending.count)
-            # prometheus_client has no public "observe n values": add to the histogram's sum and buckets.
-            histogram._sum.inc(pending.seconds)
-            for bucket, count in zip(histogram._buckets, pending.buckets):
-                if count:
-                    bucket.inc(count)
+            counter.inc(len(durations))
+            for seconds in durations:  # prometheus_client's public API observes one value at a time
+                histogram.observe(seconds)
         lookups, self._pending_lookups = self._pending_lookups, {}
         for (resource, state), count in lookups.items():
             self.child(self.cache, resource, state).inc(count)
@@ -184,15 +181,6 @@ class Series:
         MultiProcessCollector(registry, path=directory)
         registry.register(WorkerProcesses(lambda: forget_dead_workers(directory)))
         return generate_latest(registry)
-
-
-class _PendingRequests:
-    __slots__ = ("count", "seconds", "buckets")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.seconds = 0.0
-        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
 
 
 class WorkerProcesses:
