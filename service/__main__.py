@@ -1,4 +1,4 @@
-"""Command line: `python -m service [serve | check-config | migrate | announcements …]`."""
+"""Command line: `python -m service [serve | check-config | migrate | announcements … | hooks status|retry]`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from service.settings import Settings, mask_url_password, settings_or_exit
 if TYPE_CHECKING:
     from service.announcements.models import AnnouncementPatch
     from service.announcements.store import AnnouncementStore
+    from service.hooks.outbox import Delivery, DeployOutbox
+    from service.hooks.sender import Outcome
 
 
 def uvicorn_options(settings: Settings) -> dict[str, object]:
@@ -165,7 +167,7 @@ def announcements(settings: Settings, args: argparse.Namespace) -> None:
             created = store.create(msgspec.convert(fields, NewAnnouncement), now=datetime.now(UTC))
             sys.stdout.write(msgspec.json.encode(created).decode() + "\n")
         elif args.action == "delete":
-            store.delete(args.id, if_match=None)
+            store.delete(args.id, if_match=None, now=datetime.now(UTC))
             print(f"deleted announcement {args.id}")
         elif args.action == "edit":
             updated = store.update(args.id, _edit_patch(args), now=datetime.now(UTC), if_match=None)
@@ -248,10 +250,79 @@ def export_files(store: AnnouncementStore, directory: str) -> None:
     print(f"exported {len(items)} announcement{'' if len(items) == 1 else 's'} to {target}")
 
 
+def hooks(settings: Settings, action: str) -> None:
+    """`status`: the pending and given-up deliveries; `retry`: every one of them, and the changes still inside the
+    debounce window, sent now by this command, unless a running server holds the sender lease (then that server
+    sends them within a second)."""
+    import asyncio
+
+    from service.database import open_database
+    from service.errors import ApiError
+    from service.hooks.outbox import DeployOutbox
+
+    if action == "retry" and not settings.deploy_hook_urls:
+        raise SystemExit("DEPLOY_HOOK_URLS is not set here: nothing to send to")
+    database = open_database(settings.database_url, pool_size=1)
+    database.open()
+    outbox = DeployOutbox(database, events=settings.deploy_hook_events)
+    try:
+        if action == "retry":
+            moved = outbox.retry_now(now=datetime.now(UTC))
+            print(f"{moved} deliver{'y' if moved == 1 else 'ies'} made due now")
+            tried = asyncio.run(_send_due(settings, outbox))
+            if tried is None:
+                print("a running server holds the sender lease: it sends them within a second (see hooks status)")
+            for delivery, outcome, detail in tried or []:
+                done = {"delivered": "delivered", "retry": "failed, tried again later", "give_up": "given up"}[outcome]
+                print(f"{delivery.id}  {delivery.host}  {done} ({detail})")
+        _print_hooks_status(outbox)
+    except ApiError as exc:
+        raise SystemExit(f"{exc.title}: {exc.detail or ''}") from None
+    finally:
+        database.close()
+
+
+async def _send_due(settings: Settings, outbox: DeployOutbox) -> list[tuple[Delivery, Outcome, str]] | None:
+    from service.hooks.outbox import Target
+    from service.hooks.sender import HookSender, build_hook_client
+
+    async with build_hook_client() as http:
+        sender = HookSender(
+            outbox,
+            targets=[Target.of(url) for url in settings.deploy_hook_urls],
+            secret=settings.deploy_hook_secret,
+            debounce=settings.deploy_hook_debounce,
+            http=http,
+        )
+        try:
+            return await sender.send_due_once()
+        finally:
+            await sender.stop()
+
+
+def _print_hooks_status(outbox: DeployOutbox) -> None:
+    now = datetime.now(UTC)
+    for d in outbox.deliveries():
+        when = (
+            f"next try {d.next_attempt_at:%Y-%m-%dT%H:%M:%SZ}"
+            if d.state == "pending"
+            else f"given up {d.finished_at:%Y-%m-%dT%H:%M:%SZ}"
+        )
+        print(f"{d.id}  {d.host}  {d.state}  tries={d.attempts}  {when}  last={d.last_outcome or '-'}  changes={d.changes}")
+    status = outbox.status(now=now)
+    delivered = f"{status.last_delivered_at:%Y-%m-%dT%H:%M:%SZ}" if status.last_delivered_at else "never"
+    print(
+        f"{status.pending} pending ({status.retrying} being retried), {status.failed} given up in the last 24 h, "
+        f"{status.waiting_changes} change{'s' if status.waiting_changes != 1 else ''} waiting for the debounce window; "
+        f"last delivered {delivered}; sender {status.sender or 'none running'}"
+    )
+
+
 def _opened_store(settings: Settings) -> AnnouncementStore:
     from service.announcements.store import open_store
 
-    store = open_store(settings.database_url, pool_size=1)
+    hook_events = settings.deploy_hook_events if settings.deploy_hook_urls else None
+    store = open_store(settings.database_url, pool_size=1, hook_events=hook_events)
     store.open()
     return store
 
@@ -290,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     into.add_argument("--dry-run", action="store_true", help="print what would be created, updated or left alone")
     out = actions.add_parser("export", help="write every announcement as a Markdown file with front matter")
     out.add_argument("directory", metavar="DIR")
+    hooks_parser = commands.add_parser("hooks", help="deploy hooks: list pending and failed deliveries, or send them now")
+    hooks_parser.add_argument("action", choices=["status", "retry"], help="status: list them; retry: send them now")
     args = parser.parse_args(argv)
 
     settings = settings_or_exit()
@@ -299,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
         migrate(settings)
     elif args.command == "announcements":
         announcements(settings, args)
+    elif args.command == "hooks":
+        hooks(settings, args.action)
     else:
         serve(settings)
 

@@ -23,6 +23,8 @@ from service.github.cache import UpstreamCache
 from service.github.client import GitHubClient, build_http_client
 from service.github.shared import SharedTier
 from service.github.webhook import WebhookReceiver
+from service.hooks.outbox import DeployOutbox, Target
+from service.hooks.sender import HookSender, Watcher, build_hook_client
 from service.logs import AccessLog
 from service.metrics_endpoint import metrics_route
 from service.middleware import (
@@ -46,6 +48,7 @@ class AppState(Protocol):
     announcements: Announcements
     github: GitHubClient
     webhook: WebhookReceiver
+    hooks: HookSender | None  # None unless DEPLOY_HOOK_URLS is set
     readiness: dict[str, ReadinessProbe]
 
 
@@ -54,6 +57,16 @@ def feed_site(settings: Settings) -> FeedSite | None:
     if settings.site_url is None:
         return None
     return FeedSite(settings.site_url.rstrip("/"), settings.announcement_path, settings.site_title)
+
+
+def _hook_watchers(outbox: DeployOutbox, announcements: Announcements, github: GitHubClient) -> list[Watcher]:
+    """What the deploy-hook sender looks at once a second: changes that no write makes."""
+    watchers: list[Watcher] = []
+    if outbox.wants("announcements"):
+        watchers.append(announcements.record_scheduled)
+    if outbox.wants("github") and github.owner is not None:
+        watchers.append(lambda now: github.refresh_views())
+    return watchers
 
 
 def create_app(
@@ -80,8 +93,10 @@ def create_app(
             telemetry.instrument(http)
             state: AppState = app.state
             database = open_database(settings.database_url, pool_size=settings.database_pool_size)
+            # Deploy hooks on: writes (and GitHub refreshes, if chosen) record why the site should rebuild.
+            outbox = DeployOutbox(database, events=settings.deploy_hook_events) if settings.deploy_hook_urls else None
             state.announcements = announcements = announcements_class(
-                AnnouncementStore(database),
+                AnnouncementStore(database, outbox=outbox),
                 admin_token=settings.admin_token,
                 concurrency=settings.database_pool_size,
                 telemetry=telemetry,
@@ -90,7 +105,7 @@ def create_app(
             await announcements.start()  # opens the database (and migrates SQLite); its stop closes it
             resources.push_async_callback(announcements.stop)
             # GitHub answers are shared by every process through the same database (with an owner to serve).
-            shared = SharedTier(database, token=settings.github_token) if settings.github_owner else None
+            shared = SharedTier(database, token=settings.github_token, outbox=outbox) if settings.github_owner else None
             cache = UpstreamCache(
                 ttl=settings.github_cache_ttl,
                 stale_ttl=settings.github_stale_ttl,
@@ -105,6 +120,20 @@ def create_app(
             cache.start()
             resources.push_async_callback(cache.close)
             state.readiness = {"database": announcements.readiness, "github": github.readiness}
+            state.hooks = None
+            if outbox is not None:
+                state.hooks = hooks = HookSender(
+                    outbox,
+                    targets=[Target.of(url) for url in settings.deploy_hook_urls],
+                    secret=settings.deploy_hook_secret,
+                    debounce=settings.deploy_hook_debounce,
+                    http=await resources.enter_async_context(build_hook_client()),
+                    watchers=_hook_watchers(outbox, announcements, github),
+                    on_outcome=telemetry.deploy_hook_outcome,
+                )
+                hooks.start()
+                resources.push_async_callback(hooks.stop)  # before the database closes, after requests end
+                state.readiness["deploy_hooks"] = hooks.readiness
             logger.info(
                 "started: %s database, GitHub owner %s", announcements.store.kind, settings.github_owner or "(not configured)"
             )

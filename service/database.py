@@ -43,7 +43,7 @@ STATEMENT_TIMEOUT_MS = 5000
 SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_CACHE_KIB = 1024  # page cache per connection; at most 4 idle connections kept: a few MiB a worker
 # The packages that own tables, in the order their migrations are registered.
-SCHEMA_PACKAGES = ("service.announcements", "service.github")
+SCHEMA_PACKAGES = ("service.announcements", "service.github", "service.hooks")
 
 T = TypeVar("T")
 

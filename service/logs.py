@@ -63,6 +63,8 @@ def logging_config(level: str) -> dict[str, Any]:
             "uvicorn.error": {"level": level},
             # The service writes its own access line; uvicorn's stays off.
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            # httpx names each request's URL at INFO; a build hook's URL is its secret (service.hooks).
+            "httpx": {"level": "WARNING"},
         },
         # Libraries (asyncio, psycopg, httpx, Python warnings): warnings and errors only, still JSON.
         "root": {"handlers": ["stdout"], "level": "WARNING"},

@@ -95,6 +95,10 @@ class Series:
             PREFIX + "webhook_deliveries_total", "Webhook deliveries received, by event and outcome.",
             ["event", "outcome"], registry=registry,
         )  # fmt: skip
+        self.deploy_hooks = Counter(
+            PREFIX + "deploy_hook_deliveries_total", "Deploy-hook POSTs by outcome: delivered, retried, given_up.",
+            ["outcome"], registry=registry,
+        )  # fmt: skip
         if self.directory is None:
             registry.register(WorkerProcesses(lambda: [os.getpid()]))
         else:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
 from collections.abc import Mapping
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
 # A GitHub login: alphanumerics and single hyphens, at most 39 characters.
 GITHUB_LOGIN = r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$"
 DEFAULT_DATABASE_URL = "sqlite:///data/service.db"
+# A build hook's URL; its path (and query) are the secret that starts builds, so only its host is ever shown.
+HookUrl = Annotated[str, msgspec.Meta(max_length=2048, pattern=r"^https?://[^\s/?#@]+(/[^\s#]*)?$")]
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 # Tokens travel in HTTP headers (ours or GitHub's), which carry visible ASCII only.
@@ -51,6 +55,10 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
     site_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")] | None = None
     announcement_path: Annotated[str, msgspec.Meta(pattern=r"^/[^\s?#]*\{(slug|id)\}[^\s]*$")] = "/announcements/{slug}"
     site_title: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")] = "Announcements"
+    deploy_hook_urls: Annotated[tuple[HookUrl, ...], msgspec.Meta(max_length=10)] = ()
+    deploy_hook_secret: Annotated[str, msgspec.Meta(min_length=16, max_length=512, pattern=HEADER_SAFE)] | None = None
+    deploy_hook_debounce: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
+    deploy_hook_events: Annotated[tuple[Literal["announcements", "github"], ...], msgspec.Meta(min_length=1)] = ("announcements",)
 
     def public_view(self) -> dict[str, object]:
         """The settings as printable values, secrets masked."""
@@ -60,10 +68,11 @@ class Settings(msgspec.Struct, rename="upper", frozen=True, kw_only=True):
                 view[name] = "***"
         view["DATABASE_URL"] = mask_url_password(self.database_url)
         view["GITHUB_API_URL"] = mask_url_password(self.github_api_url)
+        view["DEPLOY_HOOK_URLS"] = [mask_hook_url(url) for url in self.deploy_hook_urls]
         return view
 
 
-SECRETS = ("GITHUB_TOKEN", "ADMIN_TOKEN", "GITHUB_WEBHOOK_SECRET", "METRICS_TOKEN")
+SECRETS = ("GITHUB_TOKEN", "ADMIN_TOKEN", "GITHUB_WEBHOOK_SECRET", "METRICS_TOKEN", "DEPLOY_HOOK_SECRET")
 
 # What a good value looks like, for the one-line start-up error.
 EXPECTED = {
@@ -92,9 +101,14 @@ EXPECTED = {
     "SITE_URL": "the website's http(s) address, such as https://example.com (the feeds link to its pages)",
     "ANNOUNCEMENT_PATH": "a path starting with / that holds {slug} or {id}, such as /announcements/{slug}",
     "SITE_TITLE": "1 to 200 characters, no control characters (the feeds' title)",
+    "DEPLOY_HOOK_URLS": "up to 10 comma-separated build-hook URLs, https:// (http:// only to a loopback host)",
+    "DEPLOY_HOOK_SECRET": "a secret of 16 to 512 visible ASCII characters (the key of each POST's X-Hub-Signature-256)",
+    "DEPLOY_HOOK_DEBOUNCE": "a number of seconds from 0 to 3600 (changes within it make one POST)",
+    "DEPLOY_HOOK_EVENTS": "announcements, github, or both, comma-separated",
 }
 
-_ERROR_PATH = re.compile(r"^(?P<reason>.*) - at `\$\.(?P<name>[A-Z_]+)`")
+_ERROR_PATH = re.compile(r"^(?P<reason>.*) - at `\$\.(?P<name>[A-Z_]+)(\[\d+\])?`")
+LISTS = ("CORS_ORIGINS", "DEPLOY_HOOK_URLS", "DEPLOY_HOOK_EVENTS")  # comma-separated
 
 
 class SettingsError(ValueError):
@@ -115,8 +129,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if value is None or value.strip() == "":
             continue  # unset and empty both mean "use the default"
         value = value.strip()
-        if name == "CORS_ORIGINS":
-            raw[name] = [origin.strip() for origin in value.split(",") if origin.strip()]
+        if name in LISTS:
+            raw[name] = [item.strip() for item in value.split(",") if item.strip()]
         elif name == "LOG_LEVEL":
             raw[name] = value.lower()
         else:
@@ -125,6 +139,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise _readable(exc, raw) from None
+    _check_hook_urls(settings.deploy_hook_urls)
     if settings.database_url.startswith("sqlite:"):
         if "DYNO" in environ and not settings.allow_ephemeral_database:
             raise SettingsError(_ephemeral_database(given="DATABASE_URL" in raw))
@@ -150,6 +165,8 @@ def _readable(exc: msgspec.ValidationError, raw: Mapping[str, object]) -> Settin
     value = raw.get(name)
     if name in SECRETS:
         shown = "***"
+    elif name == "DEPLOY_HOOK_URLS" and isinstance(value, list):
+        shown = repr([mask_hook_url(str(url)) for url in value])
     elif name.endswith("_URL") and isinstance(value, str):
         shown = repr(mask_url_password(value))
     else:
@@ -159,6 +176,34 @@ def _readable(exc: msgspec.ValidationError, raw: Mapping[str, object]) -> Settin
         reason = "not of the accepted form"
     reason = reason[:1].lower() + reason[1:]
     return SettingsError(f"invalid {name}={shown}: {reason}; expected {EXPECTED[name]}")
+
+
+def _check_hook_urls(urls: tuple[str, ...]) -> None:
+    """https:// only: a build hook's URL is its secret, not to be sent in clear; http:// to this machine is for
+    development and tests."""
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+            raise SettingsError(
+                f"invalid DEPLOY_HOOK_URLS entry {mask_hook_url(url)!r}: http:// would send the hook's secret URL in clear;"
+                " use its https:// address (http:// is accepted only for a loopback host such as 127.0.0.1)"
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def mask_hook_url(url: str) -> str:
+    """https://api.netlify.com/build_hooks/5c23… -> https://api.netlify.com/***"""
+    scheme, separator, rest = url.partition("://")
+    host = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}{separator}{host}/***" if separator else "***"
 
 
 def _ephemeral_database(*, given: bool) -> str:

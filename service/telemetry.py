@@ -91,6 +91,13 @@ class Telemetry:
         outcome = outcome if _LABEL_WORD.fullmatch(outcome) else "other"
         series.child(series.webhooks, event, outcome).inc()
 
+    # -- deploy hooks ----------------------------------------------------------------------------
+
+    def deploy_hook_outcome(self, outcome: str) -> None:
+        """One deploy-hook POST's outcome: delivered, retried or given_up."""
+        if (series := self.series) is not None:
+            series.child(series.deploy_hooks, outcome).inc()
+
     # -- the database ----------------------------------------------------------------------------
 
     def store_call(self, operation: str, limiter: anyio.CapacityLimiter) -> contextlib.AbstractAsyncContextManager[None]:

@@ -9,11 +9,13 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import AsyncIterator, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 import anyio
 import httpx
@@ -25,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.app import create_app
+from service.database import open_database
 from service.json_body import read_json
 from service.settings import Settings
 
@@ -104,6 +107,55 @@ async def eventually(
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
         await anyio.sleep(every)
+
+
+# -- stand-ins on loopback ------------------------------------------------------------------
+
+
+class LoopbackServer:
+    """A real HTTP server on 127.0.0.1, in a thread, for the stand-ins (GitHub, build hooks, an OTLP receiver).
+    A subclass sets what its handler reads before calling `__init__`, and gives `_handler_class`."""
+
+    def __init__(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+
+# -- databases -------------------------------------------------------------------------------
+
+
+def migrated(database_url: str) -> str:
+    """What the release phase does on PostgreSQL (SQLite is migrated at start-up), in this process."""
+    database = open_database(database_url, pool_size=1)
+    database.open()
+    try:
+        database.migrate()
+    finally:
+        database.close()
+    return database_url
+
+
+def release_phase(database_url: str, cwd: Path) -> None:
+    """`python -m service migrate`, as Heroku's release phase runs it before the servers start."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+    subprocess.run([sys.executable, "-m", "service", "migrate"], cwd=cwd, env=env, check=True, capture_output=True, timeout=60)
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def test_stateful_links_create_read_update_delete(make_settings: Callable[..., S
             if announcements is not None:  # the lifespan has run
                 store = announcements.store
                 for item in store.list(now=datetime.now(UTC), limit=10_000, tag=None, include_all=True, after=None):
-                    store.delete(item.id, if_match=None)
+                    store.delete(item.id, if_match=None, now=datetime.now(UTC))
                 announcements.views.invalidate(now=datetime.now(UTC))  # as a write through the app would
 
     test_case = Workflow.TestCase

@@ -37,6 +37,7 @@ HISTORY = [
     (4, "change counter for read caches"),
     (5, "slug, summary and rendered body"),
     (6, "full-text search"),
+    (7, "deploy-hook outbox"),
 ]
 LATEST = HISTORY[-1][0]
 NOTES = Migration(
@@ -133,12 +134,14 @@ def test_an_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:
 
 def test_each_package_registers_its_migrations_and_they_apply_in_version_order(database_url: str) -> None:
     database = open_database(database_url, pool_size=1)
-    assert SCHEMA_PACKAGES == ("service.announcements", "service.github")
+    assert SCHEMA_PACKAGES == ("service.announcements", "service.github", "service.hooks")
     assert [(m.version, m.name) for m in database.migrations] == HISTORY
     from service.announcements.schema import MIGRATIONS as ANNOUNCEMENTS
     from service.github.schema import MIGRATIONS as GITHUB
+    from service.hooks.schema import MIGRATIONS as HOOKS
 
     assert [m.version for m in ANNOUNCEMENTS] == [1, 2, 4, 5, 6] and [m.version for m in GITHUB] == [3]
+    assert [m.version for m in HOOKS] == [7]
     database.open()
     try:
         assert database.migrate() == [version for version, _ in HISTORY]
@@ -148,6 +151,7 @@ def test_each_package_registers_its_migrations_and_they_apply_in_version_order(d
         assert database.migrate() == []  # an already-migrated database runs nothing again
         assert database.readiness() == (True, f"{database.kind}, schema version {LATEST}")
         assert count(database, "github_shared") == 1 and count(database, "announcement_changes") == 1
+        assert count(database, "deploy_hook_sender") == 1
     finally:
         database.close()
 

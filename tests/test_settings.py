@@ -50,6 +50,17 @@ def test_defaults_when_nothing_is_set() -> None:
         ("GITHUB_WEBHOOK_SECRET", "whsec-0123456789abcdef", "github_webhook_secret", "whsec-0123456789abcdef"),
         ("METRICS_TOKEN", "metrics-0123456789abcdef", "metrics_token", "metrics-0123456789abcdef"),
         ("GITHUB_TOKEN", "github_pat_11ABC_x~!#$%&'*+-.^`|", "github_token", "github_pat_11ABC_x~!#$%&'*+-.^`|"),
+        (
+            "DEPLOY_HOOK_URLS",
+            "https://api.netlify.com/build_hooks/abc, http://127.0.0.1:9000/h",
+            "deploy_hook_urls",
+            ("https://api.netlify.com/build_hooks/abc", "http://127.0.0.1:9000/h"),
+        ),
+        ("DEPLOY_HOOK_URLS", "http://localhost:9000/h", "deploy_hook_urls", ("http://localhost:9000/h",)),
+        ("DEPLOY_HOOK_URLS", "http://[::1]:9000/h", "deploy_hook_urls", ("http://[::1]:9000/h",)),
+        ("DEPLOY_HOOK_SECRET", "hook-secret-0123456789", "deploy_hook_secret", "hook-secret-0123456789"),
+        ("DEPLOY_HOOK_DEBOUNCE", "0", "deploy_hook_debounce", 0.0),
+        ("DEPLOY_HOOK_EVENTS", "github, announcements", "deploy_hook_events", ("github", "announcements")),
     ],
 )
 def test_good_value_is_used(name: str, value: str, attribute: str, expected: object) -> None:
@@ -91,6 +102,12 @@ def test_good_value_is_used(name: str, value: str, attribute: str, expected: obj
         ("METRICS_TOKEN", "metrics-tökén-0123456789"),
         ("METRICS_TOKEN", "short"),
         ("GITHUB_WEBHOOK_SECRET", "short"),
+        ("DEPLOY_HOOK_URLS", "ftp://example.org/hook"),
+        ("DEPLOY_HOOK_URLS", "https://a.example/1,https://b.example/has space"),
+        ("DEPLOY_HOOK_URLS", ",".join(f"https://a.example/{n}" for n in range(11))),
+        ("DEPLOY_HOOK_SECRET", "short"),
+        ("DEPLOY_HOOK_DEBOUNCE", "3601"),
+        ("DEPLOY_HOOK_EVENTS", "pushes"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> None:
@@ -100,6 +117,24 @@ def test_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> Non
     assert "\n" not in message
     assert message.startswith(f"invalid {name}=")
     assert "expected " in message
+
+
+def test_a_deploy_hook_url_in_clear_to_another_host_is_refused_and_its_path_never_shown() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"DEPLOY_HOOK_URLS": "http://hooks.example/build_hooks/SECRETID?trigger_title=x"})
+    message = str(caught.value)
+    assert "DEPLOY_HOOK_URLS" in message and "http://hooks.example/***" in message
+    assert "SECRETID" not in message and "\n" not in message
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"DEPLOY_HOOK_URLS": "https://ok.example/1,nope://x/SECRETID"})
+    assert "SECRETID" not in str(caught.value)
+
+
+def test_public_view_shows_only_each_deploy_hook_url_s_host() -> None:
+    view = load_settings(
+        {"DEPLOY_HOOK_URLS": "https://api.netlify.com/build_hooks/SECRETID?x=1", "DEPLOY_HOOK_SECRET": "hook-secret-0123456789"}
+    ).public_view()
+    assert view["DEPLOY_HOOK_URLS"] == ["https://api.netlify.com/***"] and view["DEPLOY_HOOK_SECRET"] == "***"
 
 
 def test_empty_value_means_default() -> None:

@@ -50,6 +50,8 @@ from service.github.client import GitHubCheck
 from service.github.models import Language, Languages, License, Owner, Pinned, Repository, RepositoryQuery, ShowcaseRepository
 from service.github.webhook import Payload, Receipt
 from service.health import Check, HealthResponse, Readiness
+from service.hooks.outbox import DeployHookPayload, Reason
+from service.hooks.sender import HooksCheck
 
 
 class Direction(enum.Enum):
@@ -90,6 +92,9 @@ WIRE: dict[str, tuple[Any, Direction]] = {
     "ShowcaseRepository": (ShowcaseRepository, RESPONSE),
     "Languages": (Languages, RESPONSE),
     "Language": (Language, RESPONSE),
+    "HooksCheck": (HooksCheck, RESPONSE),
+    "DeployHookPayload": (DeployHookPayload, RESPONSE),
+    "DeployHookReason": (Reason, RESPONSE),
 }
 
 # (where, keyword) -> why openapi.yaml and the struct differ there on purpose.
@@ -102,6 +107,10 @@ DELIBERATE: dict[tuple[str, str], str] = {
         "Readiness.checks.github",
         "property",
     ): "checks is dict[str, Check]; the github entry is a GitHubCheck (a Check with more fields), compared as its own component",
+    (
+        "Readiness.checks.deploy_hooks",
+        "property",
+    ): "checks is dict[str, Check]; the deploy_hooks entry is a HooksCheck, compared as its own component",
     (
         "GitHubCheck.last_refresh",
         "format",

@@ -259,9 +259,14 @@ class Announcements:
         self.views.invalidate(updated.published_at, updated.expires_at, now=self.clock())
         return updated
 
+    async def record_scheduled(self, now: datetime) -> int:
+        """Deploy hooks: record announcements whose scheduled time passed (the sender asks once a second)."""
+        return await self.call(self.store.record_scheduled, now=now)
+
     async def delete(self, id: int, *, if_match: Collection[str] | None) -> None:
-        await self.call(self.store.delete, id, if_match=if_match)
-        self.views.invalidate(now=self.clock())
+        now = self.clock()
+        await self.call(self.store.delete, id, if_match=if_match, now=now)
+        self.views.invalidate(now=now)
 
 
 READ_CACHE_BYTES = 16 * 1024 * 1024  # a worker's budget for cached public answers, encoded forms included

@@ -27,6 +27,7 @@ from service.announcements.models import (
 from service.announcements.slugs import fallback_slug, first_free, slugify
 from service.database import READINESS_TIMEOUT, Database, open_database
 from service.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
+from service.hooks.outbox import DeployOutbox, Reason, ReasonKind
 
 MAX_ID = 2**63 - 1
 
@@ -61,18 +62,41 @@ class _DryRun(Exception):
     """Raised inside the transaction to roll a dry run back."""
 
 
-def open_store(database_url: str, *, pool_size: int = 5) -> AnnouncementStore:
-    """The store on the database DATABASE_URL names (not yet opened), every package's migrations registered."""
-    return AnnouncementStore(open_database(database_url, pool_size=pool_size))
+def open_store(database_url: str, *, pool_size: int = 5, hook_events: tuple[str, ...] | None = None) -> AnnouncementStore:
+    """The store on the database DATABASE_URL names (not yet opened), every package's migrations registered;
+    with `hook_events` (deploy hooks on), its writes record deploy-hook changes."""
+    database = open_database(database_url, pool_size=pool_size)
+    outbox = DeployOutbox(database, events=hook_events) if hook_events else None  # type: ignore[arg-type]
+    return AnnouncementStore(database, outbox=outbox)
+
+
+def public_change(before: Announcement | None, after: Announcement | None, *, now: datetime) -> Reason | None:
+    """What a write changed on the public site (None: nothing, as when a draft stays a draft)."""
+    was = before is not None and before.is_public(now)
+    shown = after is not None and after.is_public(now)
+    if not (was or shown):
+        return None
+    kind: ReasonKind
+    if was and shown:
+        kind = "announcement.updated"
+    elif shown:
+        kind = "announcement.published"
+    else:
+        kind = "announcement.deleted" if after is None else "announcement.unpublished"
+    subject = after or before
+    assert subject is not None
+    return Reason(kind=kind, id=subject.id, slug=subject.slug, at=now)
 
 
 class AnnouncementStore:
     """Announcements on one `Database`. `open`, `close`, `migrate` and `readiness` are the database's: the
     store is what the app's lifespan opens and closes it through."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, outbox: DeployOutbox | None = None) -> None:
         self.database = database
         self.kind = database.kind
+        # Deploy hooks on (for announcements): each write that changes the public site records why, in its transaction.
+        self.outbox = outbox if outbox is not None and outbox.wants("announcements") else None
 
     def open(self) -> None:
         self.database.open()
@@ -112,6 +136,7 @@ class AnnouncementStore:
             slug = first_free(fallback_slug(draft.id), functools.partial(self._taken, conn))
             self.database.execute(conn, "UPDATE announcements SET slug = ? WHERE id = ?", (slug, draft.id))
             draft = msgspec.structs.replace(draft, slug=slug)
+        self._record(conn, None, draft, now=now)
         return draft
 
     def upsert(self, items: list[NewAnnouncement], *, now: datetime, dry_run: bool = False) -> list[Upserted]:
@@ -260,13 +285,51 @@ class AnnouncementStore:
             (*self._values(result), current.id),
         )
         self._count_change(conn)
+        self._record(conn, current, result, now=now)
         return result
 
-    def delete(self, id: int, *, if_match: Collection[str] | None) -> None:
+    def delete(self, id: int, *, if_match: Collection[str] | None, now: datetime) -> None:
         with self.database.transaction(write=True) as conn:
-            self._locked(conn, id, if_match)
+            current = self._locked(conn, id, if_match)
             self.database.execute(conn, "DELETE FROM announcements WHERE id = ?", (id,))
             self._count_change(conn)
+            self._record(conn, current, None, now=now)
+
+    def _record(self, conn: Any, before: Announcement | None, after: Announcement | None, *, now: datetime) -> None:
+        if self.outbox is not None and (reason := public_change(before, after, now=now)) is not None:
+            self.outbox.record(conn, reason)
+
+    def record_scheduled(self, *, now: datetime) -> int:
+        """Deploy hooks: record each announcement whose scheduled `published_at` or `expires_at` passed since the
+        last look (no write happened then, so nothing was recorded), once each. How many were recorded."""
+        if self.outbox is None:
+            return 0
+        recorded = 0
+        with self.database.transaction(write=True) as conn:
+            since, until = self.outbox.scheduled_window(conn, now)
+            window = (to_micros(since), to_micros(until))
+            # Became public at published_at: it was last written before then, and did not expire at once.
+            published = self.database.execute(
+                conn,
+                f"SELECT {_COLUMNS} FROM announcements WHERE published_at > ? AND published_at <= ?"
+                " AND updated_at < published_at AND (expires_at IS NULL OR expires_at > published_at)",
+                window,
+            ).fetchall()
+            # Left the site at expires_at: it was public before then, and not written since.
+            expired = self.database.execute(
+                conn,
+                f"SELECT {_COLUMNS} FROM announcements WHERE expires_at > ? AND expires_at <= ?"
+                " AND updated_at < expires_at AND published_at < expires_at",
+                window,
+            ).fetchall()
+            for item in map(_announcement, published):
+                reason = Reason(kind="announcement.published", id=item.id, slug=item.slug, at=item.published_at)
+                recorded += self.outbox.record(conn, reason, key=f"published:{item.id}:{to_micros(item.published_at)}")
+            for item in map(_announcement, expired):
+                assert item.expires_at is not None
+                reason = Reason(kind="announcement.expired", id=item.id, slug=item.slug, at=item.expires_at)
+                recorded += self.outbox.record(conn, reason, key=f"expired:{item.id}:{to_micros(item.expires_at)}")
+        return recorded
 
     def _count_change(self, conn: Any) -> None:
         """Inside the write's transaction: the counter changes if and only if the write commits. Every writer

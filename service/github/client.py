@@ -3,6 +3,7 @@ respect, failures as named errors."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Hashable
@@ -14,7 +15,7 @@ import httpx
 import msgspec
 
 from service import API_NAME
-from service.errors import NotFound
+from service.errors import ApiError, NotFound
 from service.github import graphql
 from service.github.cache import NOT_MODIFIED, Codec, Entry, Fetched, Lookup, NotModified, Source, UpstreamCache
 from service.github.errors import (
@@ -212,6 +213,16 @@ class GitHubClient:
         listing = await self.cache.get(self._list_key, self._list_source)
         repositories: list[Repository] = listing.entry.value
         return View(listing, ("showcase", "languages"), lambda: primary_languages(repositories))
+
+    async def refresh_views(self) -> None:
+        """Deploy hooks with `github` chosen: the owner's views kept no older than the cache's TTL even when no
+        visitor asks (a statically built site asks only when it builds), so new data is noticed and the shared
+        tier records it. A fresh copy costs no call; a failure is the client's to log, and is tried next time."""
+        if self.owner is None:
+            return
+        for view in (self.profile, self.repositories, self.pinned, self.languages):
+            with contextlib.suppress(ApiError):
+                await view()
 
     async def upstream_changed(
         self, delivery: str | None, *, repositories: list[str], profile: bool, showcase: bool = False

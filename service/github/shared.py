@@ -17,9 +17,11 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
 from service.database import BlockingRunner, Breaker, CircuitOpen, Database, DatabaseUnavailable
+from service.hooks.outbox import DeployOutbox, Reason, ReasonKind
 
 logger = logging.getLogger("service.github")
 T = TypeVar("T")
@@ -29,6 +31,15 @@ CALL_TIMEOUT = 2.0  # seconds before a shared call is given up (a hung database)
 PAUSE_AFTER_FAILURE = 10.0  # seconds without shared calls after one failed, so a dead database costs nothing
 DELIVERY_MEMORY = 7 * 86400  # seconds a webhook delivery id is remembered (GitHub redelivers for 3 days)
 WARN_EVERY = 60.0
+
+# Deploy hooks (with `github` among DEPLOY_HOOK_EVENTS): the keys whose new data is a change of the site, by the
+# last part of the key ("octo-dev/repositories"); a single repository's key is not one (the list holds it too).
+CHANGE_KINDS: dict[str, ReasonKind] = {
+    "owner": "github.profile",
+    "repositories": "github.repositories",
+    "pinned": "github.pinned",
+    "languages": "github.languages",
+}
 
 _ROW = "value, validators, validators_scope, digest, validated_at, changed_at, lease_holder, lease_until"
 
@@ -96,10 +107,12 @@ def _row(raw: tuple[Any, ...]) -> SharedRow:
 
 
 class SharedSql:
-    """The shared tier's SQL (shared by SQLite and PostgreSQL). Every method blocks."""
+    """The shared tier's SQL (shared by SQLite and PostgreSQL). Every method blocks. With `outbox`, a copy
+    stored with data different from the one it replaces records a deploy-hook change, in the same transaction."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, outbox: DeployOutbox | None = None) -> None:
         self.database = database
+        self.outbox = outbox if outbox is not None and outbox.wants("github") else None
 
     def _x(self, conn: Any, statement: str, params: tuple[Any, ...] = ()) -> Any:
         return self.database.execute(conn, statement, params)
@@ -131,6 +144,16 @@ class SharedSql:
     ) -> None:
         """Store a copy (unless a newer one is there already) and give up this process's lease."""
         with self.database.transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
+            kind = CHANGE_KINDS.get(key.rsplit("/", 1)[-1]) if self.outbox is not None else None
+            if kind is not None and self.outbox is not None:
+                before = self._x(
+                    conn, f"SELECT digest, validated_at FROM github_cache WHERE key = ?{self.database.for_update}", (key,)
+                ).fetchone()
+                # Different data replacing a copy that is older: the site shows something new. (No copy before is
+                # no change: the site was built from GitHub's data too.)
+                if before is not None and before[0] is not None and before[0] != digest and (before[1] or 0) <= _us(validated_at):
+                    at = datetime.fromtimestamp(validated_at, UTC)
+                    self.outbox.record(conn, Reason(kind=kind, at=at))
             self._x(
                 conn,
                 "INSERT INTO github_cache (key, value, validators, validators_scope, digest, validated_at) VALUES (?, ?, ?, ?, ?, ?)"
@@ -243,9 +266,11 @@ class SharedTier:
     """The shared tier as the cache and the client use it: off the event loop, bounded in time, and
     None instead of an error when the database cannot be used."""
 
-    def __init__(self, database: Database, *, token: str | None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, database: Database, *, token: str | None, clock: Callable[[], float] = time.time, outbox: DeployOutbox | None = None
+    ) -> None:
         self.database = database
-        self.sql = SharedSql(database)
+        self.sql = SharedSql(database, outbox=outbox)
         self.clock = clock
         # Who holds a lease, as /health/ready shows it: host (the dyno), worker pid, and a tag for this app.
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"

@@ -138,14 +138,14 @@ def test_update_and_delete_of_missing_announcement_is_not_found(store: Announcem
     with pytest.raises(NotFound):
         store.update(12345, AnnouncementPatch(pinned=True), now=NOW, if_match=None)
     with pytest.raises(NotFound):
-        store.delete(12345, if_match=None)
+        store.delete(12345, if_match=None, now=NOW)
 
 
 def test_delete_removes_and_honours_if_match(store: AnnouncementStore) -> None:
     created = store.create(new(), now=NOW)
     with pytest.raises(PreconditionFailed):
-        store.delete(created.id, if_match={'"not-it"'})
-    store.delete(created.id, if_match={created.etag})
+        store.delete(created.id, if_match={'"not-it"'}, now=NOW)
+    store.delete(created.id, if_match={created.etag}, now=NOW)
     assert store.get(created.id) is None
 
 
@@ -346,7 +346,7 @@ def test_search_follows_updates_and_deletes(store: AnnouncementStore) -> None:
     created = store.create(new("Before", body="first words"), now=NOW)
     store.update(created.id, AnnouncementPatch(body="second words"), now=NOW + timedelta(seconds=1), if_match=None)
     assert search(store, "first") == [] and search(store, "second") == ["Before"]
-    store.delete(created.id, if_match=None)
+    store.delete(created.id, if_match=None, now=NOW)
     assert search(store, "second") == []
 
 

@@ -1,0 +1,1 @@
+"""Deploy hooks: tell a statically built website to rebuild when its content changes, through an outbox table."""
