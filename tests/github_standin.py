@@ -19,13 +19,14 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import graphql
 
 from tests.fixtures.make_repos import make
+from tests.support import LoopbackServer
 
 T = TypeVar("T")
 
@@ -169,7 +170,7 @@ TOKEN = "ghp_standin_secret_token_123"  # what tests give the service as GITHUB_
 Scenario = Callable[[str, dict[str, str]], Reply | None]
 
 
-class GitHubStandIn:
+class GitHubStandIn(LoopbackServer):
     def __init__(self, owner: str = "octo-dev", count: int = 30, owner_type: str = "User") -> None:
         self.owner = owner
         self.owner_type = owner_type
@@ -183,22 +184,7 @@ class GitHubStandIn:
         self.delay = 0.0
         self.hold: threading.Event | None = None  # when set to an Event, every answer waits for it (at most 30 s)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> GitHubStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__()
 
     def calls_to(self, prefix: str) -> list[Call]:
         with self._lock:

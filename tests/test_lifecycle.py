@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,16 +15,10 @@ import httpx
 import pytest
 
 from tests.github_standin import GitHubStandIn
-from tests.support import procfile_server, reset_postgres, wait_until
+from tests.support import procfile_server, release_phase, reset_postgres, wait_until
 
 TOKEN = "lifecycle-admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def migrate(database_url: str, cwd: Path) -> None:
-    """What Heroku's release phase does before the web processes start."""
-    env = {**os.environ, "DATABASE_URL": database_url}
-    subprocess.run([sys.executable, "-m", "service", "migrate"], cwd=cwd, env=env, check=True, capture_output=True, timeout=60)
 
 
 def log_lines(path: Path) -> list[dict[str, Any]]:
@@ -114,7 +106,7 @@ def test_kill_9_mid_stream_loses_no_acknowledged_announcement(
         database_url = f"sqlite:///{tmp_path}/crash.db"
     else:
         database_url = reset_postgres(request.getfixturevalue("postgres_server"))
-        migrate(database_url, tmp_path)
+        release_phase(database_url, tmp_path)
     env = {"DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN, "ACCESS_LOG": "false"}
     acknowledged: dict[int, dict[str, Any]] = {}
     with procfile_server(env, cwd=tmp_path) as (url, process):
@@ -172,7 +164,7 @@ def readers_of(log: Path, path: str) -> set[int]:
 @pytest.mark.postgres
 def test_two_workers_share_one_postgres_database(postgres_server: str, tmp_path: Path) -> None:
     database_url = reset_postgres(postgres_server)
-    migrate(database_url, tmp_path)
+    release_phase(database_url, tmp_path)
     env = {"DATABASE_URL": database_url, "ADMIN_TOKEN": TOKEN, "WEB_CONCURRENCY": "2", "ACCESS_LOG": "true"}
     log = tmp_path / "server.log"
     with procfile_server(env, cwd=tmp_path, log=log) as (url, _):

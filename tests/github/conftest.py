@@ -4,9 +4,7 @@ server processes sharing one database."""
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 from service.app import create_app
 from service.settings import Settings
 from tests.github_standin import TOKEN, GitHubStandIn
-from tests.support import OpenClient, procfile_server, running
+from tests.support import OpenClient, procfile_server, release_phase, running
 
 
 @pytest.fixture
@@ -41,10 +39,7 @@ def deployment(
     tmp_path: Path, standin: GitHubStandIn, database_url: str
 ) -> Iterator[Callable[..., contextlib.AbstractContextManager[Server]]]:
     """Starts servers that share one database, migrated first as Heroku's release phase does."""
-    env = {**os.environ, "DATABASE_URL": database_url}
-    subprocess.run(
-        [sys.executable, "-m", "service", "migrate"], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=60
-    )
+    release_phase(database_url, tmp_path)
     count = iter(range(100))
 
     @contextlib.contextmanager

@@ -19,22 +19,11 @@ from service.github.client import UNLISTED_LOOKUP_BURST
 from service.github.shared import PAUSE_AFTER_FAILURE, SharedSql, SharedTier
 from service.settings import Settings
 from tests.github_standin import GitHubStandIn, Reply, gather, poll
-from tests.support import assert_problem, eventually, running
+from tests.support import assert_problem, eventually, migrated, running
 
 pytestmark = pytest.mark.anyio
 
 LIST = "/users/octo-dev/repos"
-
-
-def migrated(database_url: str) -> str:
-    """What the release phase does on PostgreSQL (SQLite is migrated at start-up)."""
-    database = open_database(database_url, pool_size=1)
-    database.open()
-    try:
-        database.migrate()
-    finally:
-        database.close()
-    return database_url
 
 
 @pytest.fixture
