@@ -16,7 +16,10 @@ import msgspec
 GITHUB_LOGIN = r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$"
 DEFAULT_DATABASE_URL = "sqlite:///data/service.db"
 # A build hook's URL; its path (and query) are the secret that starts builds, so only its host is ever shown.
-HookUrl = Annotated[str, msgspec.Meta(max_length=2048, pattern=r"^https?://[^\s/?#@]+(/[^\s#]*)?$")]
+# The host is a name, IPv4 or a bracketed IPv6 address, so nothing of the secret can pass for it.
+HookUrl = Annotated[
+    str, msgspec.Meta(max_length=2048, pattern=r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?([/?][^\s#]*)?$")
+]
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 # Tokens travel in HTTP headers (ours or GitHub's), which carry visible ASCII only.
@@ -182,8 +185,12 @@ def _check_hook_urls(urls: tuple[str, ...]) -> None:
     """https:// only: a build hook's URL is its secret, not to be sent in clear; http:// to this machine is for
     development and tests."""
     for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+        try:
+            parts = urlsplit(url)
+            hostname = parts.hostname or ""
+        except ValueError:
+            raise SettingsError(f"invalid DEPLOY_HOOK_URLS entry {mask_hook_url(url)!r}: not a URL") from None
+        if parts.scheme == "http" and not _is_loopback(hostname):
             raise SettingsError(
                 f"invalid DEPLOY_HOOK_URLS entry {mask_hook_url(url)!r}: http:// would send the hook's secret URL in clear;"
                 " use its https:// address (http:// is accepted only for a loopback host such as 127.0.0.1)"

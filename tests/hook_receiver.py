@@ -38,6 +38,7 @@ class HookReceiver(LoopbackServer):
     def __init__(self, *answers: int | tuple[int, dict[str, str]]) -> None:
         self.answers = list(answers)
         self.hits: list[Hit] = []
+        self.delay = 0.0  # seconds each answer waits (a build host that does not answer)
         self._lock = threading.Lock()
         super().__init__()
 
@@ -62,6 +63,7 @@ class HookReceiver(LoopbackServer):
                     receiver.hits.append(Hit(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                     answer = receiver.answers.pop(0) if receiver.answers else 204
                 status, headers = answer if isinstance(answer, tuple) else (answer, {})
+                time.sleep(receiver.delay)
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)

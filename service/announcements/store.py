@@ -8,7 +8,7 @@ nothing. The tables are `service.announcements.schema`'s migrations.
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
@@ -301,35 +301,49 @@ class AnnouncementStore:
 
     def record_scheduled(self, *, now: datetime) -> int:
         """Deploy hooks: record each announcement whose scheduled `published_at` or `expires_at` passed since the
-        last look (no write happened then, so nothing was recorded), once each. How many were recorded."""
+        last look (no write happened then, so nothing was recorded), once each. How many were recorded. Looks
+        before it writes: an idle tick writes only to move the mark on, every few seconds."""
         if self.outbox is None:
+            return 0
+        with self.database.transaction(write=False) as conn:
+            since, mark_due = self.outbox.scheduled_since(conn, now)
+            passed = self._passed(conn, to_micros(since), to_micros(now))
+            known = self.outbox.known(conn, (key for _, key in passed))
+        passed = [(reason, key) for reason, key in passed if key not in known]
+        if not (passed or mark_due):
             return 0
         recorded = 0
         with self.database.transaction(write=True) as conn:
-            since, until = self.outbox.scheduled_window(conn, now)
-            window = (to_micros(since), to_micros(until))
-            # Became public at published_at: it was last written before then, and did not expire at once.
-            published = self.database.execute(
-                conn,
-                f"SELECT {_COLUMNS} FROM announcements WHERE published_at > ? AND published_at <= ?"
-                " AND updated_at < published_at AND (expires_at IS NULL OR expires_at > published_at)",
-                window,
-            ).fetchall()
-            # Left the site at expires_at: it was public before then, and not written since.
-            expired = self.database.execute(
-                conn,
-                f"SELECT {_COLUMNS} FROM announcements WHERE expires_at > ? AND expires_at <= ?"
-                " AND updated_at < expires_at AND published_at < expires_at",
-                window,
-            ).fetchall()
-            for item in map(_announcement, published):
-                reason = Reason(kind="announcement.published", id=item.id, slug=item.slug, at=item.published_at)
-                recorded += self.outbox.record(conn, reason, key=f"published:{item.id}:{to_micros(item.published_at)}")
-            for item in map(_announcement, expired):
-                assert item.expires_at is not None
-                reason = Reason(kind="announcement.expired", id=item.id, slug=item.slug, at=item.expires_at)
-                recorded += self.outbox.record(conn, reason, key=f"expired:{item.id}:{to_micros(item.expires_at)}")
+            for reason, key in passed:
+                recorded += self.outbox.record(conn, reason, key=key)
+            self.outbox.mark_scheduled(conn, now)
         return recorded
+
+    def _passed(self, conn: Any, since: int, until: int) -> Sequence[tuple[Reason, str]]:
+        """Scheduled times in (since, until], with the change key that records each once."""
+        # Became public at published_at: it was last written before then, and did not expire at once.
+        published = self.database.execute(
+            conn,
+            f"SELECT {_COLUMNS} FROM announcements WHERE published_at > ? AND published_at <= ?"
+            " AND updated_at < published_at AND (expires_at IS NULL OR expires_at > published_at)",
+            (since, until),
+        ).fetchall()
+        # Left the site at expires_at: it was public before then, and not written since.
+        expired = self.database.execute(
+            conn,
+            f"SELECT {_COLUMNS} FROM announcements WHERE expires_at > ? AND expires_at <= ?"
+            " AND updated_at < expires_at AND published_at < expires_at",
+            (since, until),
+        ).fetchall()
+        passed = []
+        for item in map(_announcement, published):
+            reason = Reason(kind="announcement.published", id=item.id, slug=item.slug, at=item.published_at)
+            passed.append((reason, f"published:{item.id}:{to_micros(item.published_at)}"))
+        for item in map(_announcement, expired):
+            assert item.expires_at is not None
+            reason = Reason(kind="announcement.expired", id=item.id, slug=item.slug, at=item.expires_at)
+            passed.append((reason, f"expired:{item.id}:{to_micros(item.expires_at)}"))
+        return passed
 
     def _count_change(self, conn: Any) -> None:
         """Inside the write's transaction: the counter changes if and only if the write commits. Every writer

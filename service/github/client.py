@@ -3,7 +3,6 @@ respect, failures as named errors."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Hashable
@@ -48,6 +47,7 @@ MAX_PAGES = 50  # 5,000 repositories; a Link chain longer than that is not follo
 # still redirects) are looked up upstream only within this budget, so requests for random names cannot
 # spend the rate limit (60 calls an hour without a token) that refreshing the list needs.
 UNLISTED_LOOKUP_BURST = 5
+VIEWS_EVERY = 10.0  # seconds between two `refresh_views` when the cache's TTL is shorter
 UNLISTED_LOOKUP_EVERY = 120.0  # seconds to regain one lookup: at most 30 an hour once the burst is spent
 
 
@@ -162,6 +162,8 @@ class GitHubClient:
         self._unlisted_lookups = TokenBucket(UNLISTED_LOOKUP_BURST, UNLISTED_LOOKUP_EVERY, self.clock)  # without a shared tier
         self._no_lookups_until = 0.0  # the shared budget is spent until then: not asked again before
         self._listed: tuple[Entry | None, dict[str, Repository]] = (None, {})
+        self._views_due = 0.0  # `refresh_views` looks again from then
+        self._views_failures = 0
 
     # -- what the routes ask for -----------------------------------------------------------
 
@@ -218,11 +220,22 @@ class GitHubClient:
         """Deploy hooks with `github` chosen: the owner's views kept no older than the cache's TTL even when no
         visitor asks (a statically built site asks only when it builds), so new data is noticed and the shared
         tier records it. A fresh copy costs no call; a failure is the client's to log, and is tried next time."""
-        if self.owner is None:
+        now = self.clock()
+        if self.owner is None or now < self._views_due:
             return
+        failed = False
         for view in (self.profile, self.repositories, self.pinned, self.languages):
-            with contextlib.suppress(ApiError):
+            try:
                 await view()
+            except ApiError:
+                failed = True
+        # After a failure (no copy to serve, a refused token, GitHub down) each view would call GitHub on every
+        # look: wait 5 s, doubling to 10 minutes. A TTL under VIEWS_EVERY would too: at most one look per VIEWS_EVERY.
+        self._views_failures = self._views_failures + 1 if failed else 0
+        if failed:
+            self._views_due = now + min(600.0, 5.0 * 2 ** min(self._views_failures - 1, 10))
+        elif self.cache.ttl < VIEWS_EVERY:
+            self._views_due = now + VIEWS_EVERY
 
     async def upstream_changed(
         self, delivery: str | None, *, repositories: list[str], profile: bool, showcase: bool = False

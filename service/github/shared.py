@@ -33,7 +33,7 @@ DELIVERY_MEMORY = 7 * 86400  # seconds a webhook delivery id is remembered (GitH
 WARN_EVERY = 60.0
 
 # Deploy hooks (with `github` among DEPLOY_HOOK_EVENTS): the keys whose new data is a change of the site, by the
-# last part of the key ("octo-dev/repositories"); a single repository's key is not one (the list holds it too).
+# part of the key after the owner ("octo-dev/repositories"); a single repository's key is not one (the list holds it).
 CHANGE_KINDS: dict[str, ReasonKind] = {
     "owner": "github.profile",
     "repositories": "github.repositories",
@@ -144,7 +144,8 @@ class SharedSql:
     ) -> None:
         """Store a copy (unless a newer one is there already) and give up this process's lease."""
         with self.database.transaction(write=True, timeout=CONNECT_TIMEOUT) as conn:
-            kind = CHANGE_KINDS.get(key.rsplit("/", 1)[-1]) if self.outbox is not None else None
+            # "owner/repositories" and the like; "owner/repository/<name>" is not one (a login holds no "/").
+            kind = CHANGE_KINDS.get(key.partition("/")[2]) if self.outbox is not None else None
             if kind is not None and self.outbox is not None:
                 before = self._x(
                     conn, f"SELECT digest, validated_at FROM github_cache WHERE key = ?{self.database.for_update}", (key,)

@@ -70,7 +70,7 @@ class Delivery(NamedTuple):
     id: str
     target: str
     host: str
-    state: Literal["pending", "delivered", "failed"]
+    state: Literal["pending", "delivered", "failed", "superseded"]
     attempts: int
     created_at: datetime
     first_change_at: datetime
@@ -98,10 +98,17 @@ def _time(micros: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
 
 
+# A delivery's changes, its own and those of the deliveries to the same URL it superseded.
+_CHANGES_OF = (
+    "(c.delivery = {d}.delivery OR c.delivery IN (SELECT s.delivery FROM deploy_hook_deliveries s"
+    " WHERE s.target = {d}.target AND s.superseded_by = {d}.delivery))"
+)
 _DELIVERY = (
     "d.delivery, d.target, d.host, d.state, d.attempts, d.created_at, d.first_change_at, d.next_attempt_at, d.finished_at,"
-    " d.last_outcome, (SELECT COUNT(*) FROM deploy_hook_changes c WHERE c.delivery = d.delivery)"
+    f" d.last_outcome, (SELECT COUNT(*) FROM deploy_hook_changes c WHERE {_CHANGES_OF.format(d='d')})"
 )
+SCHEDULE_GRACE = timedelta(seconds=60)  # scheduled times are looked at again this long: a write in flight commits late
+MARK_EVERY = timedelta(seconds=10)  # how often an idle sender moves the scheduled-times mark (a write)
 
 
 def _delivery(row: tuple[Any, ...]) -> Delivery:
@@ -138,20 +145,42 @@ class DeployOutbox:
         ).fetchone()
         return row is not None
 
-    def scheduled_window(self, conn: Any, now: datetime) -> tuple[datetime, datetime]:
-        """(since, now): the scheduled times to look at, from where the last look ended (at most LOOK_BACK ago;
-        the first look starts now), and moves that mark to `now`. Call inside the transaction that records them."""
-        (checked,) = self._x(
-            conn, f"SELECT scheduled_checked_at FROM deploy_hook_sender WHERE id = 1{self.database.for_update}"
-        ).fetchone()
-        since = max(_time(checked), now - LOOK_BACK) if checked is not None else now
-        self._x(conn, "UPDATE deploy_hook_sender SET scheduled_checked_at = ? WHERE id = 1", (_us(max(since, now)),))
-        return since, now
+    def known(self, conn: Any, keys: Iterable[str]) -> set[str]:
+        """Which of these change keys are recorded already."""
+        wanted = tuple(keys)
+        if not wanted:
+            return set()
+        rows = self._x(
+            conn, f"SELECT change_key FROM deploy_hook_changes WHERE change_key IN ({', '.join('?' * len(wanted))})", wanted
+        ).fetchall()
+        return {key for (key,) in rows}
+
+    def scheduled_since(self, conn: Any, now: datetime) -> tuple[datetime, bool]:
+        """From when scheduled times are to be looked at (the last look's mark, at most LOOK_BACK ago, less
+        SCHEDULE_GRACE: a write that read the clock before a scheduled time may commit after it; the first look
+        ever starts now), and whether the mark is due to be moved on (`mark_scheduled`)."""
+        (checked,) = self._x(conn, "SELECT scheduled_checked_at FROM deploy_hook_sender WHERE id = 1").fetchone()
+        if checked is None:
+            return now - SCHEDULE_GRACE, True
+        mark = _time(checked)
+        return max(mark, now - LOOK_BACK) - SCHEDULE_GRACE, now - mark >= MARK_EVERY
+
+    def mark_scheduled(self, conn: Any, now: datetime) -> None:
+        """Scheduled times up to `now` are recorded: call in the transaction that records them."""
+        self._x(conn, "UPDATE deploy_hook_sender SET scheduled_checked_at = ? WHERE id = 1", (_us(now),))
 
     # -- the sender's lease ----------------------------------------------------------------------
 
     def claim(self, holder: str, *, now: datetime, seconds: float) -> bool:
-        """Take or renew the lease until `now + seconds`. False if another process holds a live one."""
+        """Take the lease until `now + seconds`, or renew it once a third of it has passed. False if another
+        process holds a live one. Looks before it writes: most ticks change nothing."""
+        with self.database.transaction(write=False, timeout=READINESS_TIMEOUT) as conn:
+            current, until = self._x(conn, "SELECT lease_holder, lease_until FROM deploy_hook_sender WHERE id = 1").fetchone()
+        if current is not None and until > _us(now):
+            if current != holder:
+                return False
+            if until - _us(now) > _us(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds * 2 / 3)):
+                return True
         with self.database.transaction(write=True, timeout=READINESS_TIMEOUT) as conn:
             row = self._x(
                 conn,
@@ -160,6 +189,14 @@ class DeployOutbox:
                 (holder, _us(now + timedelta(seconds=seconds)), holder, _us(now)),
             ).fetchone()
         return row is not None
+
+    def _holds(self, conn: Any, holder: str, now: datetime) -> bool:
+        """Inside a write: whether `holder` still holds the lease, its row locked until the transaction ends
+        (so two processes' gathers and claims of due deliveries take turns)."""
+        current, until = self._x(
+            conn, f"SELECT lease_holder, lease_until FROM deploy_hook_sender WHERE id = 1{self.database.for_update}"
+        ).fetchone()
+        return bool(current == holder and until > _us(now))
 
     def release(self, holder: str) -> None:
         with self.database.transaction(write=True, timeout=READINESS_TIMEOUT) as conn:
@@ -171,47 +208,100 @@ class DeployOutbox:
 
     # -- deliveries --------------------------------------------------------------------------
 
-    def gather(self, *, now: datetime, debounce: float, targets: Iterable[Target]) -> str | None:
-        """Once the first waiting change is `debounce` seconds old: one delivery, for every URL, carrying every
-        change waiting now. Its id, or None if there was nothing to gather yet."""
-        with self.database.transaction(write=True) as conn:
+    def gather(self, holder: str, *, now: datetime, debounce: float, targets: Iterable[Target]) -> str | None:
+        """Once the first waiting change is `debounce` seconds old, and while `holder` holds the lease: one
+        delivery, for every URL, carrying every change waiting now. A delivery to the same URL still being retried
+        is superseded by it (the new one lists its reasons too). Its id, or None if nothing was gathered."""
+        with self.database.transaction(write=False) as conn:
             (first,) = self._x(conn, "SELECT MIN(changed_at) FROM deploy_hook_changes WHERE delivery IS NULL").fetchone()
-            if first is None or _time(first) + timedelta(seconds=debounce) > now:
+        if first is None or _time(first) + timedelta(seconds=debounce) > now:
+            return None  # nothing to write: most ticks end here
+        with self.database.transaction(write=True) as conn:
+            if not self._holds(conn, holder, now):
+                return None
+            (first,) = self._x(conn, "SELECT MIN(changed_at) FROM deploy_hook_changes WHERE delivery IS NULL").fetchone()
+            if first is None:  # gathered meanwhile by the previous holder
                 return None
             delivery = uuid.uuid4().hex
             self._x(conn, "UPDATE deploy_hook_changes SET delivery = ? WHERE delivery IS NULL", (delivery,))
             for target in targets:
+                (earlier,) = self._x(
+                    conn,
+                    "SELECT MIN(first_change_at) FROM deploy_hook_deliveries WHERE target = ? AND state = 'pending' AND attempts > 0",
+                    (target.id,),
+                ).fetchone()
+                if earlier is not None:
+                    self._supersede(conn, target.id, by=delivery, now=now)
                 self._x(
                     conn,
                     "INSERT INTO deploy_hook_deliveries (delivery, target, host, state, attempts, created_at, first_change_at,"
                     " next_attempt_at) VALUES (?, ?, ?, 'pending', 0, ?, ?, ?)",
-                    (delivery, target.id, target.host, _us(now), first, _us(now)),
+                    (delivery, target.id, target.host, _us(now), min(first, earlier or first), _us(now)),
                 )
         return delivery
 
-    def due(self, *, now: datetime, limit: int = 20) -> list[Delivery]:
-        """Pending deliveries whose next try is due, oldest first."""
+    def _supersede(self, conn: Any, target: str, *, by: str, now: datetime) -> None:
+        """The URL's deliveries being retried (and those they superseded) give way to delivery `by`."""
+        self._x(
+            conn,
+            "UPDATE deploy_hook_deliveries SET superseded_by = ? WHERE target = ? AND superseded_by IN"
+            " (SELECT delivery FROM deploy_hook_deliveries WHERE target = ? AND state = 'pending' AND attempts > 0)",
+            (by, target, target),
+        )
+        self._x(
+            conn,
+            "UPDATE deploy_hook_deliveries SET state = 'superseded', superseded_by = ?, finished_at = ?"
+            " WHERE target = ? AND state = 'pending' AND attempts > 0",
+            (by, _us(now), target),
+        )
+
+    def due(self, holder: str, *, now: datetime, hold: float, limit: int = 20) -> list[Delivery]:
+        """Pending deliveries whose next try is due, oldest first, taken for `hold` seconds (no other process
+        finds them due while their POST is under way; one whose process dies is due again after that). None
+        unless `holder` holds the lease."""
         with self.database.transaction(write=False) as conn:
+            found = self._x(
+                conn, "SELECT 1 FROM deploy_hook_deliveries WHERE state = 'pending' AND next_attempt_at <= ? LIMIT 1", (_us(now),)
+            ).fetchone()
+        if found is None:
+            return []  # nothing to write: most ticks end here
+        with self.database.transaction(write=True) as conn:
+            if not self._holds(conn, holder, now):
+                return []
             rows = self._x(
                 conn,
                 f"SELECT {_DELIVERY} FROM deploy_hook_deliveries d WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
-                " ORDER BY d.next_attempt_at, d.delivery LIMIT ?",
+                f" ORDER BY d.next_attempt_at, d.delivery LIMIT ?{self.database.for_update}",
                 (_us(now), limit),
             ).fetchall()
-        return [_delivery(row) for row in rows]
+            taken = [_delivery(row) for row in rows]
+            for delivery in taken:
+                self._x(
+                    conn,
+                    "UPDATE deploy_hook_deliveries SET next_attempt_at = ? WHERE delivery = ? AND target = ?",
+                    (_us(now + timedelta(seconds=hold)), delivery.id, delivery.target),
+                )
+        return taken
 
-    def payload(self, delivery: str) -> tuple[list[Reason], int, datetime]:
-        """What a delivery's POST lists: its first MAX_REASONS reasons in the order recorded, how many more
-        there are, and when the first change was."""
+    def payload(self, delivery: Delivery) -> tuple[list[Reason], int, datetime]:
+        """What a delivery's POST lists: its first MAX_REASONS reasons (those of the deliveries it superseded
+        included) in the order recorded, how many more there are, and when the first change was."""
+        where = _CHANGES_OF.format(d="d")
+        params = (delivery.id, delivery.target)
         with self.database.transaction(write=False) as conn:
             rows = self._x(
-                conn, "SELECT reason FROM deploy_hook_changes WHERE delivery = ? ORDER BY id LIMIT ?", (delivery, MAX_REASONS)
+                conn,
+                f"SELECT c.reason FROM deploy_hook_changes c, (SELECT CAST(? AS TEXT) AS delivery, CAST(? AS TEXT) AS target) d WHERE {where}"
+                " ORDER BY c.id LIMIT ?",
+                (*params, MAX_REASONS),
             ).fetchall()
-            total, first = self._x(
-                conn, "SELECT COUNT(*), MIN(changed_at) FROM deploy_hook_changes WHERE delivery = ?", (delivery,)
+            (total,) = self._x(
+                conn,
+                f"SELECT COUNT(*) FROM deploy_hook_changes c, (SELECT CAST(? AS TEXT) AS delivery, CAST(? AS TEXT) AS target) d WHERE {where}",
+                params,
             ).fetchone()
         reasons = [_reason_decoder.decode(reason) for (reason,) in rows]
-        return reasons, total - len(reasons), _time(first) if first is not None else datetime.now(UTC)
+        return reasons, total - len(reasons), delivery.first_change_at
 
     def finish(
         self,

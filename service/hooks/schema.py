@@ -4,7 +4,9 @@
 NULL while it waits for the debounce window, then names the delivery that carries it. `change_key` is set
 for changes that more than one process could notice (a scheduled time passing): UNIQUE, so each is recorded
 once. `deploy_hook_deliveries`: one row per delivery and URL, the URL itself never stored (it is a
-capability: whoever has it can start builds), only its hash and host. `deploy_hook_sender`: the lease of the
+capability: whoever has it can start builds), only its hash and host; a delivery still being retried when the
+next one is made for its URL is `superseded` by it (the new one carries its reasons too), so a URL that was
+down gets one POST when it is back, not one per change it missed. `deploy_hook_sender`: the lease of the
 one process that sends, and how far scheduled times have been looked at. Times are integer microseconds.
 """
 
@@ -38,6 +40,7 @@ MIGRATIONS = (
                     next_attempt_at BIGINT NOT NULL,
                     finished_at BIGINT,
                     last_outcome TEXT,
+                    superseded_by TEXT,
                     PRIMARY KEY (delivery, target)
                 );
                 CREATE INDEX deploy_hook_deliveries_due ON deploy_hook_deliveries (state, next_attempt_at);

@@ -40,10 +40,12 @@ TICK = 1.0  # seconds between looks at the outbox: a scheduled time is noticed w
 LEASE = 15.0  # seconds a lease lasts unless renewed: how long a killed sender's deliveries wait for the next one
 SEND_TIMEOUT = 10.0  # seconds for one POST, connecting included
 FIRST_RETRY = 2.0  # seconds before the second try; doubled after each failed one
-MAX_RETRY = 600.0  # never longer between two tries
+MAX_RETRY = 600.0  # never longer between two tries, unless Retry-After asks
+MAX_RETRY_AFTER = 86400.0  # a Retry-After beyond the 24 hours of tries is believed up to here (then given up)
 GIVE_UP_AFTER = timedelta(hours=24)
 MAX_AT_ONCE = 4  # POSTs in flight at once
 WARN_EVERY = 60.0  # seconds between two warnings that the outbox cannot be read
+STATUS_MAX_AGE = 1.0  # seconds a reading of the outbox answers readiness probes
 WATCH_TIMEOUT = 5.0  # seconds a tick waits for each watcher (a GitHub refresh goes on without it)
 STOP_WAIT = 3.0  # seconds a shutdown waits for the tick and the POSTs in flight (Heroku kills at 30 s, uvicorn takes 20)
 
@@ -74,20 +76,23 @@ def signature(secret: str, body: bytes) -> str:
 
 def backoff(attempts: int, *, retry_after: float | None = None, rng: Callable[[], float] = random.random) -> float:
     """Seconds before the next try after `attempts` failed ones: 2 s doubling, up to a quarter more at random
-    (so many services that failed together do not retry together), at most MAX_RETRY; never less than the
-    receiver's Retry-After."""
-    wait: float = min(MAX_RETRY, FIRST_RETRY * 2.0 ** min(max(attempts - 1, 0), 30) * (1 + rng() / 4))
-    return max(wait, retry_after or 0.0)
+    (so many services that failed together do not retry together), at most MAX_RETRY, where the jitter takes up
+    to an eighth off instead; never less than the receiver's Retry-After (at most MAX_RETRY_AFTER)."""
+    wait: float = FIRST_RETRY * 2.0 ** min(max(attempts - 1, 0), 30) * (1 + rng() / 4)
+    if wait > MAX_RETRY:
+        wait = MAX_RETRY * (1 - rng() / 8)
+    return max(wait, min(retry_after or 0.0, MAX_RETRY_AFTER))
 
 
 def _retry_after(response: httpx.Response, now: datetime) -> float | None:
+    """Retry-After in seconds (delay-seconds or an HTTP date, RFC 9110 §10.2.3), None if absent or unreadable."""
     value = response.headers.get("retry-after", "").strip()
-    if value.isdigit():
-        return float(value)
-    with contextlib.suppress(TypeError, ValueError, IndexError):
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
         when = parsedate_to_datetime(value)
         when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # "-0000": UTC, source unknown
-        return max(0.0, (when - now).total_seconds())
+        return min(max(0.0, (when - now).total_seconds()), MAX_RETRY_AFTER)
     return None
 
 
@@ -120,6 +125,7 @@ class HookSender:
         clock: Callable[[], datetime] = _now,
         tick: float = TICK,
         lease: float = LEASE,
+        send_timeout: float = SEND_TIMEOUT,
     ) -> None:
         self.outbox = outbox
         self.targets = {target.id: target for target in targets}
@@ -131,6 +137,8 @@ class HookSender:
         self.clock = clock
         self.tick_seconds = tick
         self.lease_seconds = lease
+        self.send_timeout = send_timeout
+        self._hold = send_timeout + 20  # seconds a delivery being sent is not due for anyone (see DeployOutbox.due)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"
         self.holding = False
         # Its own threads and breaker: a hung database cannot take the requests' threads through it.
@@ -140,6 +148,8 @@ class HookSender:
         self._stopping = asyncio.Event()
         self._warned_at = -math.inf
         self._pruned_at: datetime | None = None
+        self._status: tuple[float, OutboxStatus] | None = None  # (loop time, reading), see `status`
+        self._status_read: asyncio.Future[OutboxStatus] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -152,12 +162,15 @@ class HookSender:
         it again, at least once), and hand the lease back so another process, or this one's successor, takes over
         at once."""
         self._stopping.set()
-        running = [task for task in (self._loop, *self._sending.values()) if task is not None]
-        if running:
-            _, late = await asyncio.wait(running, timeout=STOP_WAIT)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        deadline = asyncio.get_running_loop().time() + STOP_WAIT
+        # The loop first: its tick may still start POSTs (it starts none once it sees the stop), then those.
+        for running in ([self._loop] if self._loop else [], list(self._sending.values())):
+            if running:
+                wait = max(0.0, deadline - asyncio.get_running_loop().time())
+                _, late = await asyncio.wait(running, timeout=wait)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
         self._loop = None
         if self.holding:
             with contextlib.suppress(Exception):
@@ -203,19 +216,20 @@ class HookSender:
                 pass  # looked at again next tick; the database's own failures are reported by readiness
             except Exception:  # noqa: BLE001 -- one watcher's failure must not stop deliveries
                 logger.exception("deploy hooks: a change watcher failed")
-        await self._runner.run(self.outbox.gather, now=self.clock(), debounce=self.debounce, targets=self.targets.values())
+        await self._runner.run(
+            self.outbox.gather, self.holder, now=self.clock(), debounce=self.debounce, targets=self.targets.values()
+        )
         now = self.clock()
         if self._pruned_at is None or now - self._pruned_at > timedelta(hours=1):
             await self._runner.run(self.outbox.prune, now=now)
             self._pruned_at = now
         room = MAX_AT_ONCE - len(self._sending)
-        if room <= 0:
+        if room <= 0 or self._stopping.is_set():
             return
-        for delivery in await self._runner.run(self.outbox.due, now=now, limit=MAX_AT_ONCE * 2):
+        for delivery in await self._runner.run(self.outbox.due, self.holder, now=now, hold=self._hold, limit=room):
             key = (delivery.id, delivery.target)
-            if key in self._sending or room <= 0:
-                continue
-            room -= 1
+            if key in self._sending or self._stopping.is_set():
+                continue  # taken for `hold` seconds all the same: due again after that
             task = asyncio.create_task(self.send(delivery), name="deploy-hook-post")
             self._sending[key] = task
             task.add_done_callback(functools.partial(self._sent, key))
@@ -237,10 +251,8 @@ class HookSender:
             return None
         tried: list[tuple[Delivery, Outcome, str]] = []
         try:
-            await self._runner.run(self.outbox.gather, now=self.clock(), debounce=0, targets=self.targets.values())
-            seen: set[tuple[str, str]] = set()
-            while due := [d for d in await self._runner.run(self.outbox.due, now=self.clock()) if (d.id, d.target) not in seen]:
-                seen.update((d.id, d.target) for d in due)
+            await self._runner.run(self.outbox.gather, self.holder, now=self.clock(), debounce=0, targets=self.targets.values())
+            while due := await self._runner.run(self.outbox.due, self.holder, now=self.clock(), hold=self._hold):
                 outcomes = await asyncio.gather(*(self.send(delivery) for delivery in due))
                 tried += [(delivery, *outcome) for delivery, outcome in zip(due, outcomes, strict=True)]
         finally:
@@ -258,7 +270,18 @@ class HookSender:
             await self._runner.run(self.outbox.finish, delivery, state="failed", outcome="URL no longer configured", now=now)
             self._count("given_up")
             return "give_up", "URL no longer configured"
-        reasons, omitted, first = await self._runner.run(self.outbox.payload, delivery.id)
+        try:
+            return await self._try(delivery, target)
+        except DatabaseUnavailable:
+            raise  # the outcome cannot be written either: it is due again once its hold ends
+        except Exception as exc:  # noqa: BLE001 -- counted as a failed try, so it backs off and is given up in time
+            logger.exception("deploy hooks: sending to %s failed unexpectedly", target.host)
+            detail = f"unexpected error ({type(exc).__name__})"
+            return await self._after("retry", detail, None, delivery, target)
+
+    async def _try(self, delivery: Delivery, target: Target) -> tuple[Outcome, str]:
+        now = self.clock()
+        reasons, omitted, first = await self._runner.run(self.outbox.payload, delivery)
         body = _encoder.encode(
             DeployHookPayload(id=delivery.id, reasons=reasons, omitted_reasons=omitted, first_change_at=first, sent_at=now)
         )
@@ -266,6 +289,12 @@ class HookSender:
         if self._secret is not None:
             headers["X-Hub-Signature-256"] = signature(self._secret, body)
         outcome, detail, asked = await self._post(target, body, headers)
+        return await self._after(outcome, detail, asked, delivery, target)
+
+    async def _after(
+        self, outcome: Outcome, detail: str, asked: float | None, delivery: Delivery, target: Target
+    ) -> tuple[Outcome, str]:
+        """Write down what one try came to: delivered, tried again after the back-off, or given up."""
         now = self.clock()
         tries = delivery.attempts + 1
         if outcome == "delivered":
@@ -293,17 +322,21 @@ class HookSender:
 
     async def _post(self, target: Target, body: bytes, headers: dict[str, str]) -> tuple[Outcome, str, float | None]:
         """What one POST came to, its detail ("HTTP 503"), and the seconds a Retry-After asked for. The detail
-        never names the URL, whose path and query are the hook's secret."""
+        never names the URL, whose path and query are the hook's secret. `send_timeout` bounds the whole POST
+        (httpx's timeout bounds each phase: connecting, writing, each read)."""
         try:
-            async with self.http.stream("POST", target.url, content=body, headers=headers) as response:
+            async with (
+                asyncio.timeout(self.send_timeout),
+                self.http.stream("POST", target.url, content=body, headers=headers) as response,
+            ):
                 status = response.status_code  # the body is not read: only the status and Retry-After count
                 if 200 <= status < 300:
                     return "delivered", f"HTTP {status}", None
                 if status == 429 or status >= 500:
                     return "retry", f"HTTP {status}", _retry_after(response, self.clock())
                 return "give_up", f"HTTP {status}", None
-        except httpx.TimeoutException:
-            return "retry", f"no answer within {SEND_TIMEOUT:g} s", None
+        except (TimeoutError, httpx.TimeoutException):
+            return "retry", f"no answer within {self.send_timeout:g} s", None
         except httpx.HTTPError as exc:
             return "retry", f"network error ({type(exc).__name__})", None
 
@@ -314,7 +347,19 @@ class HookSender:
     # -- what people look at -----------------------------------------------------------------
 
     async def status(self) -> OutboxStatus:
-        return await self._runner.look(lambda: self.outbox.status(now=self.clock()), queue=False)
+        """The outbox's state, read at most once a second however many ask (readiness probes are anonymous):
+        callers within the second share the last reading, or the one in flight."""
+        loop = asyncio.get_running_loop()
+        if self._status is not None and loop.time() - self._status[0] < STATUS_MAX_AGE:
+            return self._status[1]
+        if self._status_read is None or self._status_read.done():
+            self._status_read = asyncio.ensure_future(self._read_status())
+        return await asyncio.shield(self._status_read)
+
+    async def _read_status(self) -> OutboxStatus:
+        status = await self._runner.look(lambda: self.outbox.status(now=self.clock()))
+        self._status = (asyncio.get_running_loop().time(), status)
+        return status
 
     async def readiness(self) -> HooksCheck:
         try:

@@ -6,13 +6,17 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
 
+from service.database import open_database
+from service.hooks.outbox import DeployOutbox, OutboxStatus, Reason, Target
+from service.hooks.sender import HookSender, build_hook_client
 from tests.hook_receiver import HookReceiver
 from tests.hooks.conftest import ADMIN, HOOK_SECRET, OpenHooked, rows
-from tests.support import eventually
+from tests.support import eventually, migrated
 
 pytestmark = pytest.mark.anyio
 
@@ -165,3 +169,73 @@ async def test_a_scheduled_announcement_is_announced_when_its_time_comes(hooked:
     (reason,) = receiver.received()[0].payload["reasons"]
     assert reason == {"kind": "announcement.published", "id": created.json()["id"], "slug": "later", "at": reason["at"]}
     assert datetime.fromisoformat(reason["at"]) == at.replace(microsecond=at.microsecond)
+
+
+async def test_a_receiver_that_does_not_answer_is_tried_again_later(database_url: str) -> None:
+    database = open_database(migrated(database_url), pool_size=2)
+    database.open()
+    outbox = DeployOutbox(database)
+    with HookReceiver() as receiver:
+        receiver.delay = 3
+        with database.transaction(write=True) as conn:
+            outbox.record(conn, Reason(kind="announcement.published", id=1, at=datetime.now(UTC)))
+        async with build_hook_client() as http:
+            sender = HookSender(outbox, targets=[Target.of(receiver.url)], secret=None, debounce=0, http=http, send_timeout=0.5)
+            started = time.monotonic()
+            tried = await sender.send_due_once()
+            took = time.monotonic() - started
+            await sender.stop()
+    database.close()
+    assert tried is not None and [(outcome, detail) for _, outcome, detail in tried] == [("retry", "no answer within 0.5 s")]
+    assert took < 2.5, "the whole POST is bounded, not each of its phases"
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        ("99999999999999999", ("give_up", "HTTP 503")),  # believed up to a day: past the 24 hours of tries
+        ("\u00b2", ("retry", "HTTP 503")),  # a digit to str.isdigit(), not to Retry-After: ignored, the back-off applies
+        ("Sun, 06 Nov 1994 08:49:37 -0000", ("retry", "HTTP 503")),  # a date in the past, zone unknown: the back-off
+    ],
+)
+async def test_a_retry_after_of_any_form_ends_in_a_try_written_down(
+    database_url: str, retry_after: str, expected: tuple[str, str]
+) -> None:
+    database = open_database(migrated(database_url), pool_size=2)
+    database.open()
+    outbox = DeployOutbox(database)
+    with HookReceiver((503, {"Retry-After": retry_after})) as receiver:
+        with database.transaction(write=True) as conn:
+            outbox.record(conn, Reason(kind="announcement.published", id=1, at=datetime.now(UTC)))
+        async with build_hook_client() as http:
+            sender = HookSender(outbox, targets=[Target.of(receiver.url)], secret=None, debounce=0, http=http)
+            tried = await sender.send_due_once()
+            await sender.stop()
+        (delivery,) = outbox.deliveries(states=("pending", "failed"))
+    database.close()
+    assert tried is not None and [(outcome, detail) for _, outcome, detail in tried] == [expected]
+    assert delivery.attempts == 1 and len(receiver.received()) == 1
+    if expected[0] == "retry":  # the first back-off: 2 s and up to a quarter more, after the try
+        assert 2 - 0.1 <= delivery.next_attempt_at.timestamp() - receiver.received()[0].at <= 2.5 + 0.5
+
+
+async def test_readiness_probes_share_one_reading_of_the_outbox(database_url: str) -> None:
+    database = open_database(migrated(database_url), pool_size=2)
+    database.open()
+    outbox = DeployOutbox(database)
+    readings = 0
+    status = outbox.status
+
+    def counted(**kwargs: Any) -> OutboxStatus:
+        nonlocal readings
+        readings += 1
+        return status(**kwargs)
+
+    outbox.status = counted  # type: ignore[method-assign]
+    async with build_hook_client() as http:
+        sender = HookSender(outbox, targets=[Target.of("https://example.org/hook")], secret=None, debounce=0, http=http)
+        checks = await asyncio.gather(*(sender.readiness() for _ in range(50)))
+        await sender.stop()
+    database.close()
+    assert readings == 1, "fifty anonymous probes, one database read"
+    assert {check.detail for check in checks} == {"1 URL; 0 pending"}
