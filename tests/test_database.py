@@ -38,6 +38,7 @@ HISTORY = [
     (5, "slug, summary and rendered body"),
     (6, "full-text search"),
     (7, "deploy-hook outbox"),
+    (8, "index scheduled times"),
 ]
 LATEST = HISTORY[-1][0]
 NOTES = Migration(
@@ -140,7 +141,7 @@ def test_each_package_registers_its_migrations_and_they_apply_in_version_order(d
     from service.github.schema import MIGRATIONS as GITHUB
     from service.hooks.schema import MIGRATIONS as HOOKS
 
-    assert [m.version for m in ANNOUNCEMENTS] == [1, 2, 4, 5, 6] and [m.version for m in GITHUB] == [3]
+    assert [m.version for m in ANNOUNCEMENTS] == [1, 2, 4, 5, 6, 8] and [m.version for m in GITHUB] == [3]
     assert [m.version for m in HOOKS] == [7]
     database.open()
     try:

@@ -1,4 +1,4 @@
-"""The announcements tables, as migrations `service.database` applies (versions 1, 2, 4, 5 and 6).
+"""The announcements tables, as migrations `service.database` applies (versions 1, 2, 4, 5, 6 and 8).
 
 Times are integer microseconds since the epoch, UTC. Full-text search is each database's own: an FTS5 table
 kept in step by triggers on SQLite, a generated tsvector column with a GIN index on PostgreSQL; both split
@@ -125,5 +125,17 @@ MIGRATIONS = (
                 CREATE INDEX announcements_search ON announcements USING GIN (search)""",
         },
         _sqlite_search_triggers,
+    ),
+    # Polled every second: the read cache's next publish or expiry time, and the deploy hooks' scheduled times
+    # (each a scan of the table without these: about 1 ms at 10,000 rows on SQLite, a few µs with them).
+    Migration(
+        8,
+        "index scheduled times",
+        {
+            dialect: """
+                CREATE INDEX announcements_published_at ON announcements (published_at);
+                CREATE INDEX announcements_expires_at ON announcements (expires_at)"""
+            for dialect in ("sqlite", "postgres")
+        },
     ),
 )

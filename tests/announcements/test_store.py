@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -287,7 +288,7 @@ def test_migrations_fill_slugs_html_and_search_index_of_existing_rows(database_u
                     (title, "Some <script>x</script>*Markdown*."),
                 )
         database.register("service.announcements", MIGRATIONS)
-        assert database.migrate() == [5, 6]
+        assert database.migrate() == [5, 6, 8]
         store = AnnouncementStore(database)
         items = sorted(store.list(now=NOW, limit=10, tag=None, include_all=True, after=None), key=lambda a: a.id)
         assert [a.slug for a in items] == ["same-title", "same-title-2", f"announcement-{items[2].id}"]
@@ -360,3 +361,25 @@ def test_search_syntax_of_either_engine_is_only_text(store: AnnouncementStore, q
         assert caught.value.errors[0].field == "q"
     else:
         store.search(words, now=NOW, limit=10, tag=None, include_all=False)  # answers, never an engine error
+
+
+def test_the_polled_scheduled_times_are_read_through_their_indexes(tmp_path: Path) -> None:
+    """Read every second by every process (the read cache's next boundary, the deploy hooks' scheduled times)."""
+    store = open_store(f"sqlite:///{tmp_path}/plans.db")
+    store.open()
+    store.migrate()
+    try:
+        with store.database.transaction(write=False) as conn:
+            plans = [
+                " ".join(str(row[-1]) for row in store.database.execute(conn, f"EXPLAIN QUERY PLAN {query}", (0, 1)))
+                for query in (
+                    "SELECT MIN(published_at) FROM announcements WHERE published_at > ? AND ? > 0",
+                    "SELECT MIN(expires_at) FROM announcements WHERE expires_at > ? AND ? > 0",
+                    "SELECT id FROM announcements WHERE published_at > ? AND published_at <= ?",
+                    "SELECT id FROM announcements WHERE expires_at > ? AND expires_at <= ?",
+                )
+            ]
+    finally:
+        store.close()
+    assert all("INDEX announcements_published_at" in plan for plan in plans[0::2]), plans
+    assert all("INDEX announcements_expires_at" in plan for plan in plans[1::2]), plans
