@@ -256,6 +256,7 @@ def hooks(settings: Settings, action: str) -> None:
     sends them within a second)."""
     import asyncio
 
+    from service.announcements.store import AnnouncementStore
     from service.database import open_database
     from service.errors import ApiError
     from service.hooks.outbox import DeployOutbox
@@ -265,21 +266,28 @@ def hooks(settings: Settings, action: str) -> None:
     database = open_database(settings.database_url, pool_size=1)
     database.open()
     outbox = DeployOutbox(database, events=settings.deploy_hook_events)
+    failed = False
     try:
         if action == "retry":
-            moved = outbox.retry_now(now=datetime.now(UTC))
+            now = datetime.now(UTC)
+            # Scheduled times that passed while no server ran: recorded now (once each, whoever looks first).
+            AnnouncementStore(database, outbox=outbox).record_scheduled(now=now)
+            moved = outbox.retry_now(now=now)
             print(f"{moved} deliver{'y' if moved == 1 else 'ies'} made due now")
             tried = asyncio.run(_send_due(settings, outbox))
             if tried is None:
                 print("a running server holds the sender lease: it sends them within a second (see hooks status)")
             for delivery, outcome, detail in tried or []:
                 done = {"delivered": "delivered", "retry": "failed, tried again later", "give_up": "given up"}[outcome]
-                print(f"{delivery.id}  {delivery.host}  {done} ({detail})")
+                print(f"{delivery.id}  {delivery.label}  {done} ({detail})")
+                failed = failed or outcome != "delivered"
         _print_hooks_status(outbox)
     except ApiError as exc:
         raise SystemExit(f"{exc.title}: {exc.detail or ''}") from None
     finally:
         database.close()
+    if failed:
+        raise SystemExit(1)  # a try that did not deliver: scripts can tell
 
 
 async def _send_due(settings: Settings, outbox: DeployOutbox) -> list[tuple[Delivery, Outcome, str]] | None:
@@ -308,7 +316,7 @@ def _print_hooks_status(outbox: DeployOutbox) -> None:
             if d.state == "pending"
             else f"given up {d.finished_at:%Y-%m-%dT%H:%M:%SZ}"
         )
-        print(f"{d.id}  {d.host}  {d.state}  tries={d.attempts}  {when}  last={d.last_outcome or '-'}  changes={d.changes}")
+        print(f"{d.id}  {d.label}  {d.state}  tries={d.attempts}  {when}  last={d.last_outcome or '-'}  changes={d.changes}")
     status = outbox.status(now=now)
     delivered = f"{status.last_delivered_at:%Y-%m-%dT%H:%M:%SZ}" if status.last_delivered_at else "never"
     print(

@@ -135,7 +135,10 @@ def create_app(
                 resources.push_async_callback(hooks.stop)  # before the database closes, after requests end
                 state.readiness["deploy_hooks"] = hooks.readiness
             logger.info(
-                "started: %s database, GitHub owner %s", announcements.store.kind, settings.github_owner or "(not configured)"
+                "started: %s database, GitHub owner %s, deploy hooks %s",
+                announcements.store.kind,
+                settings.github_owner or "(not configured)",
+                f"to {len(settings.deploy_hook_urls)} URL(s) on {', '.join(settings.deploy_hook_events)}" if outbox else "off",
             )
             yield
         logger.info("stopped: GitHub client and database connections closed")

@@ -143,6 +143,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except msgspec.ValidationError as exc:
         raise _readable(exc, raw) from None
     _check_hook_urls(settings.deploy_hook_urls)
+    if settings.deploy_hook_urls and "github" in settings.deploy_hook_events and settings.github_owner is None:
+        raise SettingsError(
+            "DEPLOY_HOOK_EVENTS names github but GITHUB_OWNER is not set: there is no GitHub data to watch;"
+            " set GITHUB_OWNER, or DEPLOY_HOOK_EVENTS=announcements"
+        )
+    # The same URL twice would be one target (its hash) shown as two.
+    settings = msgspec.structs.replace(settings, deploy_hook_urls=tuple(dict.fromkeys(settings.deploy_hook_urls)))
     if settings.database_url.startswith("sqlite:"):
         if "DYNO" in environ and not settings.allow_ephemeral_database:
             raise SettingsError(_ephemeral_database(given="DATABASE_URL" in raw))

@@ -130,6 +130,13 @@ def test_a_deploy_hook_url_in_clear_to_another_host_is_refused_and_its_path_neve
     assert "SECRETID" not in str(caught.value)
 
 
+def test_deploy_hooks_on_github_need_an_owner_and_a_url_given_twice_is_one() -> None:
+    with pytest.raises(SettingsError, match="DEPLOY_HOOK_EVENTS names github but GITHUB_OWNER is not set"):
+        load_settings({"DEPLOY_HOOK_URLS": "https://a.example/h", "DEPLOY_HOOK_EVENTS": "github"})
+    twice = load_settings({"DEPLOY_HOOK_URLS": "https://a.example/h, https://b.example/h, https://a.example/h"})
+    assert twice.deploy_hook_urls == ("https://a.example/h", "https://b.example/h")
+
+
 def test_public_view_shows_only_each_deploy_hook_url_s_host() -> None:
     view = load_settings(
         {"DEPLOY_HOOK_URLS": "https://api.netlify.com/build_hooks/SECRETID?x=1", "DEPLOY_HOOK_SECRET": "hook-secret-0123456789"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -50,6 +50,9 @@ class DeployHookPayload(msgspec.Struct, kw_only=True):
 
 
 _reason_decoder = msgspec.json.Decoder(Reason)
+_NO_PARAMS: tuple[str, ...] = ()
+_targets_encoder = msgspec.json.Encoder()
+_targets_decoder = msgspec.json.Decoder(list[tuple[str, str]])
 
 
 class Target(NamedTuple):
@@ -62,6 +65,16 @@ class Target(NamedTuple):
     @classmethod
     def of(cls, url: str) -> Target:
         return cls(url, hashlib.sha256(url.encode()).hexdigest()[:16], urlsplit(url).hostname or "?")
+
+    @property
+    def label(self) -> str:
+        return label(self.host, self.id)
+
+
+def label(host: str, target: str) -> str:
+    """How logs and status name a URL: its host, and the start of its hash, which tells two hooks on one host
+    apart (two Netlify sites) and says nothing of the URL's secret part."""
+    return f"{host} #{target[:6]}"
 
 
 class Delivery(NamedTuple):
@@ -78,6 +91,10 @@ class Delivery(NamedTuple):
     finished_at: datetime | None
     last_outcome: str | None
     changes: int
+
+    @property
+    def label(self) -> str:
+        return label(self.host, self.target)
 
 
 class OutboxStatus(NamedTuple):
@@ -171,9 +188,10 @@ class DeployOutbox:
 
     # -- the sender's lease ----------------------------------------------------------------------
 
-    def claim(self, holder: str, *, now: datetime, seconds: float) -> bool:
+    def claim(self, holder: str, *, now: datetime, seconds: float, targets: Iterable[Target] | None = None) -> bool:
         """Take the lease until `now + seconds`, or renew it once a third of it has passed. False if another
-        process holds a live one. Looks before it writes: most ticks change nothing."""
+        process holds a live one. Looks before it writes: most ticks change nothing. A server's sender names its
+        `targets` (hash and host), so the command line knows every URL the server sends to (`recorded_targets`)."""
         with self.database.transaction(write=False, timeout=READINESS_TIMEOUT) as conn:
             current, until = self._x(conn, "SELECT lease_holder, lease_until FROM deploy_hook_sender WHERE id = 1").fetchone()
         if current is not None and until > _us(now):
@@ -188,7 +206,16 @@ class DeployOutbox:
                 " WHERE id = 1 AND (lease_holder = ? OR lease_holder IS NULL OR lease_until <= ?) RETURNING id",
                 (holder, _us(now + timedelta(seconds=seconds)), holder, _us(now)),
             ).fetchone()
+            if row is not None and targets is not None:
+                named = _targets_encoder.encode(sorted([target.id, target.host] for target in targets)).decode()
+                self._x(conn, "UPDATE deploy_hook_sender SET targets = ? WHERE id = 1", (named,))
         return row is not None
+
+    def recorded_targets(self) -> list[Target]:
+        """The URLs the last server's sender sent to, as hash and host (no URL: these can only be given rows)."""
+        with self.database.transaction(write=False) as conn:
+            (named,) = self._x(conn, "SELECT targets FROM deploy_hook_sender WHERE id = 1").fetchone()
+        return [Target("", id, host) for id, host in _targets_decoder.decode(named)] if named else []
 
     def _holds(self, conn: Any, holder: str, now: datetime) -> bool:
         """Inside a write: whether `holder` still holds the lease, its row locked until the transaction ends
@@ -255,13 +282,22 @@ class DeployOutbox:
             (by, _us(now), target),
         )
 
-    def due(self, holder: str, *, now: datetime, hold: float, limit: int = 20) -> list[Delivery]:
+    def due(
+        self, holder: str, *, now: datetime, hold: float, limit: int = 20, only: Collection[str] | None = None
+    ) -> list[Delivery]:
         """Pending deliveries whose next try is due, oldest first, taken for `hold` seconds (no other process
         finds them due while their POST is under way; one whose process dies is due again after that). None
-        unless `holder` holds the lease."""
+        unless `holder` holds the lease. `only`: just those to these targets (the command line sends only to the
+        URLs it knows, and leaves the others to the server)."""
+        among, among_params = "", _NO_PARAMS
+        if only is not None:
+            among_params = tuple(only) or ("-",)  # no target: matches none
+            among = f" AND target IN ({', '.join('?' * len(among_params))})"
         with self.database.transaction(write=False) as conn:
             found = self._x(
-                conn, "SELECT 1 FROM deploy_hook_deliveries WHERE state = 'pending' AND next_attempt_at <= ? LIMIT 1", (_us(now),)
+                conn,
+                f"SELECT 1 FROM deploy_hook_deliveries WHERE state = 'pending' AND next_attempt_at <= ?{among} LIMIT 1",
+                (_us(now), *among_params),
             ).fetchone()
         if found is None:
             return []  # nothing to write: most ticks end here
@@ -271,8 +307,8 @@ class DeployOutbox:
             rows = self._x(
                 conn,
                 f"SELECT {_DELIVERY} FROM deploy_hook_deliveries d WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
-                f" ORDER BY d.next_attempt_at, d.delivery LIMIT ?{self.database.for_update}",
-                (_us(now), limit),
+                f"{among.replace('target', 'd.target')} ORDER BY d.next_attempt_at, d.delivery LIMIT ?{self.database.for_update}",
+                (_us(now), *among_params, limit),
             ).fetchall()
             taken = [_delivery(row) for row in rows]
             for delivery in taken:
@@ -302,6 +338,18 @@ class DeployOutbox:
             ).fetchone()
         reasons = [_reason_decoder.decode(reason) for (reason,) in rows]
         return reasons, total - len(reasons), delivery.first_change_at
+
+    def retarget(self, delivery: Delivery, *, targets: Iterable[Target], now: datetime) -> None:
+        """A delivery to a URL no longer configured (DEPLOY_HOOK_URLS changed): the URLs configured now that it
+        has no row for get one, due now, so its changes still reach the site. Then the old row can be given up."""
+        with self.database.transaction(write=True) as conn:
+            for target in targets:
+                self._x(
+                    conn,
+                    "INSERT INTO deploy_hook_deliveries (delivery, target, host, state, attempts, created_at, first_change_at,"
+                    " next_attempt_at) VALUES (?, ?, ?, 'pending', 0, ?, ?, ?) ON CONFLICT (delivery, target) DO NOTHING",
+                    (delivery.id, target.id, target.host, _us(now), _us(delivery.first_change_at), _us(now)),
+                )
 
     def finish(
         self,
@@ -379,8 +427,8 @@ class DeployOutbox:
             holder, until = self._x(conn, "SELECT lease_holder, lease_until FROM deploy_hook_sender WHERE id = 1").fetchone()
             problem = self._x(
                 conn,
-                "SELECT host, last_outcome FROM deploy_hook_deliveries WHERE last_outcome IS NOT NULL AND state <> 'delivered'"
-                " ORDER BY next_attempt_at DESC LIMIT 1",
+                "SELECT host, target, last_outcome FROM deploy_hook_deliveries WHERE last_outcome IS NOT NULL"
+                " AND state IN ('pending', 'failed') ORDER BY next_attempt_at DESC LIMIT 1",
             ).fetchone()
         return OutboxStatus(
             int(pending),
@@ -389,5 +437,5 @@ class DeployOutbox:
             int(waiting),
             _time(delivered_at) if delivered_at is not None else None,
             holder if holder is not None and until > _us(now) else None,
-            f"{problem[0]}: {problem[1]}" if problem else None,
+            f"{label(problem[0], problem[1])}: {problem[2]}" if problem else None,
         )

@@ -7,7 +7,7 @@ once. `deploy_hook_deliveries`: one row per delivery and URL, the URL itself nev
 capability: whoever has it can start builds), only its hash and host; a delivery still being retried when the
 next one is made for its URL is `superseded` by it (the new one carries its reasons too), so a URL that was
 down gets one POST when it is back, not one per change it missed. `deploy_hook_sender`: the lease of the
-one process that sends, and how far scheduled times have been looked at. Times are integer microseconds.
+one process that sends, the URLs (hash and host) it sends to, and how far scheduled times have been looked at. Times are integer microseconds.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ MIGRATIONS = (
                     id INTEGER PRIMARY KEY CHECK (id = 1),
                     lease_holder TEXT,
                     lease_until BIGINT NOT NULL,
-                    scheduled_checked_at BIGINT
+                    scheduled_checked_at BIGINT,
+                    targets TEXT
                 );
                 INSERT INTO deploy_hook_sender (id, lease_until) VALUES (1, 0)"""
             for dialect, serial in (("sqlite", "INTEGER PRIMARY KEY AUTOINCREMENT"), ("postgres", "BIGSERIAL PRIMARY KEY"))

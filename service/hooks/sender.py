@@ -201,7 +201,9 @@ class HookSender:
         """Renew the lease, and while holding it: run the watchers, gather the changes past the debounce window,
         and start the due POSTs (in the background: the next tick renews the lease while they run)."""
         now = self.clock()
-        held = await self._runner.run(self.outbox.claim, self.holder, now=now, seconds=self.lease_seconds)
+        held = await self._runner.run(
+            self.outbox.claim, self.holder, now=now, seconds=self.lease_seconds, targets=self.targets.values()
+        )
         if not held:
             if self.holding:
                 logger.info("deploy hooks: another process holds the sender lease now")
@@ -251,8 +253,11 @@ class HookSender:
             return None
         tried: list[tuple[Delivery, Outcome, str]] = []
         try:
-            await self._runner.run(self.outbox.gather, self.holder, now=self.clock(), debounce=0, targets=self.targets.values())
-            while due := await self._runner.run(self.outbox.due, self.holder, now=self.clock(), hold=self._hold):
+            # Rows for every URL the server sends to, too: those this command does not know wait for the server.
+            every = {target.id: target for target in await self._runner.run(self.outbox.recorded_targets)} | self.targets
+            await self._runner.run(self.outbox.gather, self.holder, now=self.clock(), debounce=0, targets=every.values())
+            known = list(self.targets)
+            while due := await self._runner.run(self.outbox.due, self.holder, now=self.clock(), hold=self._hold, only=known):
                 outcomes = await asyncio.gather(*(self.send(delivery) for delivery in due))
                 tried += [(delivery, *outcome) for delivery, outcome in zip(due, outcomes, strict=True)]
         finally:
@@ -265,8 +270,10 @@ class HookSender:
         now = self.clock()
         if target is None:
             logger.warning(
-                "deploy hook to %s given up: its URL is no longer in DEPLOY_HOOK_URLS (delivery %s)", delivery.host, delivery.id
-            )
+                "deploy hook to %s given up: its URL is no longer in DEPLOY_HOOK_URLS; the URLs there now get its changes"
+                " (delivery %s)", delivery.label, delivery.id,
+            )  # fmt: skip
+            await self._runner.run(self.outbox.retarget, delivery, targets=self.targets.values(), now=now)
             await self._runner.run(self.outbox.finish, delivery, state="failed", outcome="URL no longer configured", now=now)
             self._count("given_up")
             return "give_up", "URL no longer configured"
@@ -275,7 +282,7 @@ class HookSender:
         except DatabaseUnavailable:
             raise  # the outcome cannot be written either: it is due again once its hold ends
         except Exception as exc:  # noqa: BLE001 -- counted as a failed try, so it backs off and is given up in time
-            logger.exception("deploy hooks: sending to %s failed unexpectedly", target.host)
+            logger.exception("deploy hooks: sending to %s failed unexpectedly", target.label)
             detail = f"unexpected error ({type(exc).__name__})"
             return await self._after("retry", detail, None, delivery, target)
 
@@ -299,7 +306,8 @@ class HookSender:
         tries = delivery.attempts + 1
         if outcome == "delivered":
             await self._runner.run(self.outbox.finish, delivery, state="delivered", outcome=detail, now=now)
-            logger.info("deploy hook delivered to %s (%s, %d changes, try %d)", target.host, detail, delivery.changes, tries)
+            changes = f"{delivery.changes} change{'' if delivery.changes == 1 else 's'}"
+            logger.info("deploy hook delivered to %s (%s, %s, try %d)", target.label, detail, changes, tries)
             self._count("delivered")
             return outcome, detail
         next_at = now + timedelta(seconds=backoff(tries, retry_after=asked))
@@ -308,13 +316,18 @@ class HookSender:
                 self.outbox.finish, delivery, state="pending", outcome=detail, now=now, next_attempt_at=next_at
             )
             wait = (next_at - now).total_seconds()
-            logger.info("deploy hook to %s failed (%s, try %d); next try in %.0f s", target.host, detail, tries, wait)
+            logger.info("deploy hook to %s failed (%s, try %d); next try in %.0f s", target.label, detail, tries, wait)
             self._count("retried")
             return outcome, detail
-        why = "no more tries within 24 hours" if outcome == "retry" else "an answer not worth trying again"
+        if outcome == "retry":
+            why = "no more tries within 24 hours"
+        elif detail.startswith("HTTP 3"):
+            why = "a redirect, not followed: is the build hook's URL still the one its host gives?"
+        else:
+            why = "an answer not worth trying again"
         logger.warning(
             "deploy hook to %s given up after %d tr%s: %s (%s; delivery %s)",
-            target.host, tries, "y" if tries == 1 else "ies", detail, why, delivery.id,
+            target.label, tries, "y" if tries == 1 else "ies", detail, why, delivery.id,
         )  # fmt: skip
         await self._runner.run(self.outbox.finish, delivery, state="failed", outcome=detail, now=now)
         self._count("given_up")
@@ -367,6 +380,10 @@ class HookSender:
         except Exception as exc:  # noqa: BLE001 -- readiness reports, it does not fail
             return HooksCheck("ok", f"deploy hooks: outbox unreadable now ({type(exc).__name__}); the database entry says more")
         parts = [f"{len(self.targets)} URL{'s' if len(self.targets) != 1 else ''}", f"{status.pending} pending"]
+        if status.waiting_changes:
+            parts.append(
+                f"{status.waiting_changes} change{'s' if status.waiting_changes != 1 else ''} waiting for the debounce window"
+            )
         if status.retrying:
             parts.append(f"{status.retrying} being retried")
         if status.failed:

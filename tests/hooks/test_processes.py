@@ -141,7 +141,7 @@ def test_hooks_status_lists_a_given_up_delivery_and_hooks_retry_sends_it(start: 
         assert "failed" in status and "127.0.0.1" in status and "HTTP 404" in status and "1 given up" in status
         assert "5c23354f" not in status
         retried = hooks("retry")
-        assert "1 delivery made due now" in retried and "127.0.0.1  delivered (HTTP 204)" in retried, retried
+        assert "1 delivery made due now" in retried and "127.0.0.1 #" in retried and "delivered (HTTP 204)" in retried, retried
         assert "0 pending" in retried
     assert len(receiver.received()) == 2 and receiver.received()[0].payload["id"] == receiver.received()[1].payload["id"]
     assert rows(database_url, "SELECT state, attempts FROM deploy_hook_deliveries") == [("delivered", 2)]
@@ -169,3 +169,69 @@ def test_hooks_retry_without_deploy_hook_urls_changes_nothing(database_url: str,
         [sys.executable, "-m", "service", "hooks", "retry"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 1 and "DEPLOY_HOOK_URLS is not set" in done.stderr
+
+
+def test_hooks_retry_sends_only_to_the_urls_it_knows_and_says_when_a_try_failed(database_url: str, tmp_path: Path) -> None:
+    with HookReceiver(503) as ours, HookReceiver() as theirs:
+        env = {**os.environ, "DATABASE_URL": database_url, "DEPLOY_HOOK_URLS": f"{ours.url},{theirs.url}"}
+        release_phase(database_url, tmp_path)
+        add = [sys.executable, "-m", "service", "announcements", "add", "--title", "Both", "--body", "b"]
+        subprocess.run(add, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=60)
+        server = {"DATABASE_URL": database_url, "DEPLOY_HOOK_URLS": env["DEPLOY_HOOK_URLS"], "DEPLOY_HOOK_DEBOUNCE": "3600"}
+        with procfile_server(server, cwd=tmp_path):  # its sender names its two URLs; the window keeps the change waiting
+            wait_until(lambda: rows(database_url, "SELECT targets FROM deploy_hook_sender") != [(None,)], what="the URLs named")
+        # A shell that knows only one of the server's two URLs (a typo, a subset on a laptop).
+        only_ours = {**env, "DEPLOY_HOOK_URLS": ours.url}
+        done = subprocess.run(
+            [sys.executable, "-m", "service", "hooks", "retry"],
+            cwd=tmp_path,
+            env=only_ours,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1, "a try that did not deliver"
+        assert "failed, tried again later (HTTP 503)" in done.stdout
+        assert len(ours.received()) == 1 and theirs.received() == []
+    states = rows(database_url, "SELECT host, state, attempts FROM deploy_hook_deliveries ORDER BY attempts")
+    assert states == [("127.0.0.1", "pending", 0), ("127.0.0.1", "pending", 1)], "the other URL's delivery left for the server"
+
+
+def test_a_delivery_to_a_url_since_replaced_reaches_the_new_one(start: Start, database_url: str, tmp_path: Path) -> None:
+    with HookReceiver() as old, HookReceiver() as new:
+        env = {**os.environ, "DATABASE_URL": database_url, "DEPLOY_HOOK_URLS": old.url, "DEPLOY_HOOK_DEBOUNCE": "0"}
+        release_phase(database_url, tmp_path)
+        add = [sys.executable, "-m", "service", "announcements", "add", "--title", "Moved", "--body", "b"]
+        subprocess.run(add, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=60)
+        settings = {
+            "DATABASE_URL": database_url,
+            "DEPLOY_HOOK_URLS": old.url,
+            "DEPLOY_HOOK_DEBOUNCE": "3600",
+            "ACCESS_LOG": "false",
+        }
+        with procfile_server(settings, cwd=tmp_path):  # gathers nothing yet: the window is an hour
+            pass
+        subprocess.run(
+            [sys.executable, "-m", "service", "hooks", "status"], cwd=tmp_path, env=env, check=True, capture_output=True
+        )
+        # The site moved hosts: the URL in the environment changes before the change was ever sent.
+        with procfile_server({**settings, "DEPLOY_HOOK_URLS": new.url, "DEPLOY_HOOK_DEBOUNCE": "0"}, cwd=tmp_path):
+            wait_until(lambda: new.received(), timeout=10, what="the change, at the new URL", every=0.1)
+    assert old.received() == []
+    assert [reason["kind"] for reason in new.received()[0].payload["reasons"]] == ["announcement.published"]
+
+
+def test_hooks_retry_records_scheduled_times_that_passed_with_no_server(
+    database_url: str, tmp_path: Path, receiver: HookReceiver
+) -> None:
+    env = {**os.environ, "DATABASE_URL": database_url, "DEPLOY_HOOK_URLS": receiver.url}
+    release_phase(database_url, tmp_path)
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    add = [sys.executable, "-m", "service", "announcements", "add", "--title", "Soon", "--body", "b", "--published-at", soon]
+    subprocess.run(add, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=60)
+    time.sleep(1.5)
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "hooks", "retry"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [reason["kind"] for reason in receiver.received()[0].payload["reasons"]] == ["announcement.published"]
