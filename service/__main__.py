@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from service.logs import logging_config
+from service.logs import configure_logging, logging_config
 from service.settings import Settings, mask_url_password, settings_or_exit
 
 if TYPE_CHECKING:
@@ -263,6 +263,7 @@ def hooks(settings: Settings, action: str) -> None:
 
     if action == "retry" and not settings.deploy_hook_urls:
         raise SystemExit("DEPLOY_HOOK_URLS is not set here: nothing to send to")
+    configure_logging(settings.log_level)  # the sender's log lines as JSON, as the server writes them
     database = open_database(settings.database_url, pool_size=1)
     database.open()
     outbox = DeployOutbox(database, events=settings.deploy_hook_events)

@@ -93,6 +93,11 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().on_message_complete()
         if self.head_bytes is None:  # the body's end, not a head in progress: its bound is met
             self.cancel_head_timer()
+            cycle = self.cycle
+            if cycle is not None and cycle.response_complete and self.timeout_keep_alive_task is None:
+                # Answered early: uvicorn armed its keep-alive time-out when the answer ended, and the body's
+                # bytes cancelled it. The connection is idle now: armed again, as uvicorn would, or it stays open.
+                self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def body_timed_out(self, cycle: object) -> None:
         self.head_timer = None

@@ -235,7 +235,7 @@ class Database:
                 self.execute(
                     conn,
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                    (migration.version, migration.name, _micros(datetime.now(UTC))),
+                    (migration.version, migration.name, to_micros(datetime.now(UTC))),
                 )
                 applied.append(migration.version)
         return applied
@@ -250,8 +250,17 @@ class Database:
         return True, f"{self.kind}, schema version {version}"
 
 
-def _micros(moment: datetime) -> int:
-    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_micros(value: datetime) -> int:
+    """Times are stored as integer microseconds since the epoch, UTC: exact, sortable, the same in both databases."""
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
 
 
 class SQLiteDatabase(Database):

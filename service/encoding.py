@@ -125,6 +125,12 @@ class Encoded:
             self.headers.append((b"content-encoding", coding.encode()))
 
 
+def held_bytes(body: bytes) -> int:
+    """The bytes a cached, encoded answer may come to hold: its body, compressed forms no larger than it together
+    (br and gzip of JSON are far smaller), and its headers. What the read caches count against their budgets."""
+    return 2 * len(body) + 1024
+
+
 class EncodedBody:
     """An answer's bytes, encoded once and kept: identity, and br and gzip forms made the first time a
     client asks for each, every form with its own ETag so a 304 never confirms bytes the client does

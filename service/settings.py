@@ -17,9 +17,9 @@ GITHUB_LOGIN = r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}$"
 DEFAULT_DATABASE_URL = "sqlite:///data/service.db"
 # A build hook's URL; its path (and query) are the secret that starts builds, so only its host is ever shown.
 # The host is a name, IPv4 or a bracketed IPv6 address, so nothing of the secret can pass for it.
-HookUrl = Annotated[
-    str, msgspec.Meta(max_length=2048, pattern=r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?([/?][^\s#]*)?$")
-]
+_HOOK_HOST = r"(?P<origin>https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?)"
+HookUrl = Annotated[str, msgspec.Meta(max_length=2048, pattern=rf"^{_HOOK_HOST}([/?][^\s#]*)?$")]
+_HOOK_ORIGIN = re.compile(rf"{_HOOK_HOST}(?=[/?]|$)")
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 # Tokens travel in HTTP headers (ours or GitHub's), which carry visible ASCII only.
@@ -214,10 +214,12 @@ def _is_loopback(host: str) -> bool:
 
 
 def mask_hook_url(url: str) -> str:
-    """https://api.netlify.com/build_hooks/5c23… -> https://api.netlify.com/***"""
-    scheme, separator, rest = url.partition("://")
-    host = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
-    return f"{scheme}{separator}{host}/***" if separator else "***"
+    """https://api.netlify.com/build_hooks/5c23… -> https://api.netlify.com/***; anything that is not plainly a
+    host before the path (a backslash, an escape, a space: a malformed entry) shows nothing of the URL."""
+    match = _HOOK_ORIGIN.match(url)
+    if match is None:
+        return "***"
+    return f"{match['origin']}/***"
 
 
 def _ephemeral_database(*, given: bool) -> str:

@@ -192,14 +192,17 @@ async def test_a_head_just_under_the_limit_and_a_large_body_in_one_chunk_are_ser
 
 
 def test_uvicorn_still_has_the_hooks_the_head_bound_extends() -> None:
-    """BoundedHeadProtocol extends five methods of uvicorn's HttpToolsProtocol and reads four of its
+    """BoundedHeadProtocol extends five methods of uvicorn's HttpToolsProtocol and uses seven of its
     attributes; a uvicorn release that renames one breaks the bound, and this test says so by name."""
     for name in ("connection_made", "connection_lost", "data_received", "on_message_begin", "on_headers_complete"):
         assert callable(getattr(HttpToolsProtocol, name, None)), (
             f"uvicorn {uvicorn.__version__}: HttpToolsProtocol.{name} is gone"
         )
     source = inspect.getsource(HttpToolsProtocol)
-    for attribute in ("self.cycle", "self.connections", "self.transport", "self.loop"):
+    for attribute in (
+        "self.cycle", "self.connections", "self.transport", "self.loop", "self.timeout_keep_alive_task",
+        "self.timeout_keep_alive", "def timeout_keep_alive_handler",
+    ):  # fmt: skip
         assert attribute in source, f"uvicorn {uvicorn.__version__}: HttpToolsProtocol no longer keeps {attribute}"
 
 
@@ -226,3 +229,18 @@ async def test_a_body_that_arrives_whole_after_an_early_answer_keeps_the_connect
     protocol.data_received(HEAD)
     await asyncio.sleep(0.05)
     assert transport.written.count(b"HTTP/1.1 200") == 2
+
+
+async def test_a_connection_idle_after_a_body_answered_early_is_closed_after_the_keep_alive_timeout(
+    short_timeout: float,
+) -> None:
+    """The body's bytes cancel uvicorn's keep-alive timer, which the early answer had armed: idle afterwards,
+    the connection stayed open for ever."""
+    protocol, transport = connection(answer_after=0, keep_alive=0.3)
+    protocol.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n" + b"ab")
+    await asyncio.sleep(0.1)
+    protocol.data_received(b"cd")  # the whole body, within HEAD_TIMEOUT
+    await asyncio.sleep(0.2)
+    assert not transport.closed, "idle for less than the keep-alive timeout"
+    await asyncio.sleep(0.3)
+    assert transport.closed, "idle for longer than the keep-alive timeout"

@@ -137,6 +137,20 @@ def test_deploy_hooks_on_github_need_an_owner_and_a_url_given_twice_is_one() -> 
     assert twice.deploy_hook_urls == ("https://a.example/h", "https://b.example/h")
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.netlify.com\\build_hooks\\SECRETID",
+        "https://api.netlify.com%2Fbuild_hooks%2FSECRETID",
+        "https://a b/SECRETID",
+    ],
+)
+def test_a_malformed_deploy_hook_url_shows_nothing_of_itself(url: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"DEPLOY_HOOK_URLS": url})
+    assert "SECRETID" not in str(caught.value) and "DEPLOY_HOOK_URLS" in str(caught.value)
+
+
 def test_public_view_shows_only_each_deploy_hook_url_s_host() -> None:
     view = load_settings(
         {"DEPLOY_HOOK_URLS": "https://api.netlify.com/build_hooks/SECRETID?x=1", "DEPLOY_HOOK_SECRET": "hook-secret-0123456789"}

@@ -30,7 +30,7 @@ from service.announcements.models import (
 from service.announcements.store import AnnouncementStore
 from service.auth import BearerToken, is_bearer
 from service.database import BlockingRunner, DatabaseUnavailable, StoreObserver
-from service.encoding import EncodedBody
+from service.encoding import EncodedBody, held_bytes
 from service.errors import FieldError, Forbidden, InvalidInput, NotFound, Unauthorized
 from service.readiness import Check
 
@@ -218,7 +218,7 @@ class Announcements:
         ticket = self.views.ticket()
         page = await self.page(query, include_all=False, now=now)
         view = EncodedBody(_encoder.encode(page))
-        if self.read_cache:
+        if self.read_cache and query.q is None:  # not a search: distinct queries would push the lists out
             self.views.put(query, view, ticket, now, issues=page.next_cursor)
         return view
 
@@ -273,8 +273,7 @@ READ_CACHE_BYTES = 16 * 1024 * 1024  # a worker's budget for cached public answe
 
 
 def _view_cost(view: EncodedBody) -> int:
-    """What a cached answer may come to hold: its body, compressed forms no larger than it together, headers."""
-    return 2 * len(view.body) + 1024
+    return held_bytes(view.body)
 
 
 def _reason(exc: Exception) -> str:

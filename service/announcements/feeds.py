@@ -11,7 +11,7 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-from service.announcements.models import Announcement, Tag, Time
+from service.announcements.models import Announcement, Tag, Time, rfc3339
 
 FEED_SIZE = 20  # the newest public announcements a feed holds
 ATOM_TYPE = b"application/atom+xml; charset=utf-8"
@@ -100,7 +100,7 @@ def atom_feed(site: FeedSite, items: list[Announcement], tag: str | None) -> byt
     feed = ET.Element("feed", xmlns=_ATOM)
     ET.SubElement(feed, "id").text = site.feed_id(tag)
     ET.SubElement(feed, "title").text = _text(site.feed_title(tag))
-    ET.SubElement(feed, "updated").text = _time(max((item.updated_at for item in items), default=_EPOCH))
+    ET.SubElement(feed, "updated").text = rfc3339(max((item.updated_at for item in items), default=_EPOCH))
     ET.SubElement(feed, "link", rel="alternate", type="text/html", href=site.url + "/")
     ET.SubElement(ET.SubElement(feed, "author"), "name").text = _text(site.title)
     for item in items:
@@ -108,8 +108,8 @@ def atom_feed(site: FeedSite, items: list[Announcement], tag: str | None) -> byt
         ET.SubElement(entry, "id").text = site.entry_id(item)
         ET.SubElement(entry, "title").text = _text(item.title)
         ET.SubElement(entry, "link", rel="alternate", type="text/html", href=site.page(item))
-        ET.SubElement(entry, "published").text = _time(item.published_at)
-        ET.SubElement(entry, "updated").text = _time(item.updated_at)
+        ET.SubElement(entry, "published").text = rfc3339(item.published_at)
+        ET.SubElement(entry, "updated").text = rfc3339(item.updated_at)
         if item.summary:
             ET.SubElement(entry, "summary", type="text").text = _text(item.summary)
         ET.SubElement(entry, "content", type="html").text = _text(item.body_html)  # escaped by ElementTree, as type="html" wants
@@ -121,7 +121,3 @@ def atom_feed(site: FeedSite, items: list[Announcement], tag: str | None) -> byt
 
 def _text(value: str) -> str:
     return _NOT_XML.sub("", value)
-
-
-def _time(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -21,7 +21,7 @@ import msgspec
 import yaml
 from frontmatter.default_handlers import YAMLHandler
 
-from service.announcements.models import Announcement, NewAnnouncement
+from service.announcements.models import Announcement, NewAnnouncement, rfc3339
 from service.announcements.slugs import slugify
 
 SUFFIXES = (".md", ".markdown")
@@ -221,17 +221,13 @@ def file_name(item: Announcement) -> str:
 
 def markdown_file(item: Announcement) -> str:
     """The announcement as a file `read_file` reads back to the same announcement."""
-    meta: dict[str, Any] = {"title": item.title, "slug": item.slug, "date": _rfc3339(item.published_at)}
+    meta: dict[str, Any] = {"title": item.title, "slug": item.slug, "date": rfc3339(item.published_at)}
     if item.summary:
         meta["summary"] = item.summary
     meta["tags"] = item.tags
     if item.pinned:
         meta["pinned"] = True
     if item.expires_at is not None:
-        meta["expires_at"] = _rfc3339(item.expires_at)
+        meta["expires_at"] = rfc3339(item.expires_at)
     text: str = frontmatter.dumps(frontmatter.Post(item.body, **meta), sort_keys=False, allow_unicode=True)
     return text + "\n"
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

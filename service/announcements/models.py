@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from service.announcements.render import render_markdown
+from service.database import to_micros
 from service.errors import FieldError, InvalidInput
 
 # Some non-space text and no NUL anywhere: PostgreSQL's text type cannot hold U+0000 (SQLite can), so both
@@ -75,6 +76,11 @@ class Announcement(msgspec.Struct, kw_only=True):
 class AnnouncementPage(msgspec.Struct):
     items: list[Announcement]
     next_cursor: str | None
+
+
+def rfc3339(moment: datetime) -> str:
+    """A time as feeds and front matter write it: RFC 3339 in UTC, with Z."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def utc(value: datetime, field: str) -> datetime:
@@ -176,16 +182,3 @@ def decode_cursor(text: str) -> Cursor:
     if match is None:
         raise InvalidInput([FieldError("cursor", "not a cursor this service gave out")])
     return Cursor(match[1] == "1", int(match[2]), int(match[3]))
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def to_micros(value: datetime) -> int:
-    """Times are stored as integer microseconds since the epoch, UTC: exact, sortable, the same in both databases."""
-    return (value - _EPOCH) // _MICROSECOND
-
-
-def from_micros(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)

@@ -19,19 +19,18 @@ from service.announcements.models import (
     AnnouncementPatch,
     Cursor,
     NewAnnouncement,
-    from_micros,
     new_announcement,
     patched,
-    to_micros,
 )
 from service.announcements.slugs import fallback_slug, first_free, slugify
-from service.database import READINESS_TIMEOUT, Database, open_database
+from service.database import READINESS_TIMEOUT, Database, from_micros, open_database, to_micros
 from service.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
-from service.hooks.outbox import DeployOutbox, Reason, ReasonKind
+from service.hooks.outbox import DeployOutbox, Family, Reason, ReasonKind
 
 MAX_ID = 2**63 - 1
 
 _COLUMNS = "id, slug, title, summary, body, body_html, tags, pinned, published_at, expires_at, created_at, updated_at"
+_SEARCH_COLUMNS = ", ".join(f"a.{name}" for name in _COLUMNS.split(", "))  # joined with the search index
 _PENDING_SLUG = "-pending"  # outside the slug pattern, so no client's slug: held while the id is not yet known
 _tags_decoder = msgspec.json.Decoder(list[str])
 
@@ -62,11 +61,11 @@ class _DryRun(Exception):
     """Raised inside the transaction to roll a dry run back."""
 
 
-def open_store(database_url: str, *, pool_size: int = 5, hook_events: tuple[str, ...] | None = None) -> AnnouncementStore:
+def open_store(database_url: str, *, pool_size: int = 5, hook_events: tuple[Family, ...] | None = None) -> AnnouncementStore:
     """The store on the database DATABASE_URL names (not yet opened), every package's migrations registered;
     with `hook_events` (deploy hooks on), its writes record deploy-hook changes."""
     database = open_database(database_url, pool_size=pool_size)
-    outbox = DeployOutbox(database, events=hook_events) if hook_events else None  # type: ignore[arg-type]
+    outbox = DeployOutbox(database, events=hook_events) if hook_events else None
     return AnnouncementStore(database, outbox=outbox)
 
 
@@ -210,10 +209,9 @@ class AnnouncementStore:
         """Announcements with every one of `words` in their title, summary or body, best matches first (a word in
         the title counts most, then the summary), each database's full-text index doing the work."""
         where, params = self._filters(now=now, tag=tag, include_all=include_all)
-        columns = ", ".join(f"a.{name}" for name in _COLUMNS.split(", "))
         if self.database.dialect == "sqlite":
             statement = (
-                f"SELECT {columns} FROM announcements_search JOIN announcements a ON a.id = announcements_search.rowid"
+                f"SELECT {_SEARCH_COLUMNS} FROM announcements_search JOIN announcements a ON a.id = announcements_search.rowid"
                 " WHERE announcements_search MATCH ?"
                 + "".join(f" AND {condition}" for condition in where)
                 + " ORDER BY bm25(announcements_search, 10.0, 4.0, 1.0), a.id DESC LIMIT ?"
@@ -222,7 +220,7 @@ class AnnouncementStore:
             match = " ".join(f'"{word}"' for word in words)
         else:
             statement = (
-                f"SELECT {columns} FROM announcements a, to_tsquery('simple', ?) query WHERE a.search @@ query"
+                f"SELECT {_SEARCH_COLUMNS} FROM announcements a, to_tsquery('simple', ?) query WHERE a.search @@ query"
                 + "".join(f" AND {condition}" for condition in where)
                 + " ORDER BY ts_rank(a.search, query) DESC, a.id DESC LIMIT ?"
             )

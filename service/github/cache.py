@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 
-from service.encoding import EncodedBody
+from service.encoding import EncodedBody, held_bytes
 from service.github.errors import UpstreamFailure, UpstreamTimeout
 from service.github.shared import SharedRow, SharedTier
 from service.telemetry import Telemetry
@@ -91,7 +91,7 @@ class Entry:
     digest: str = ""  # of the stored value: tells whether a shared copy holds this same data
     retry_at: float = NEVER  # no background refresh before then (one just failed)
     views: dict[Hashable, EncodedView] = field(default_factory=dict)
-    view_bytes: int = 0  # what the views hold, as `view_cost` counts it
+    view_bytes: int = 0  # what the views hold, as `held_bytes` counts it
 
     def view(self, key: Hashable, render: Callable[[], bytes]) -> EncodedView:
         """The encoded answer for one view of this entry, rendered once and kept with it. The views of an entry
@@ -99,19 +99,13 @@ class Entry:
         found = self.views.get(key)
         if found is None:
             body = render()
-            cost = view_cost(body)
+            cost = held_bytes(body)
             if len(self.views) >= MAX_VIEWS_PER_ENTRY or self.view_bytes + cost > MAX_VIEW_BYTES_PER_ENTRY:
                 self.views.clear()
                 self.view_bytes = 0
             found = self.views[key] = EncodedView(body)
             self.view_bytes += cost
         return found
-
-
-def view_cost(body: bytes) -> int:
-    """The bytes an encoded view may come to hold: its body, and compressed forms no larger than it together
-    (br and gzip of JSON are far smaller), and its headers."""
-    return 2 * len(body) + 1024
 
 
 CacheState = Literal["hit", "miss", "revalidated", "stale"]

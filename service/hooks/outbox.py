@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Collection, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import msgspec
 
-from service.database import READINESS_TIMEOUT, Database
+from service.database import READINESS_TIMEOUT, Database, from_micros, to_micros
 
 Family = Literal["announcements", "github"]
 ReasonKind = Literal[
@@ -49,9 +49,9 @@ class DeployHookPayload(msgspec.Struct, kw_only=True):
     sent_at: Time
 
 
+_encoder = msgspec.json.Encoder()
 _reason_decoder = msgspec.json.Decoder(Reason)
 _NO_PARAMS: tuple[str, ...] = ()
-_targets_encoder = msgspec.json.Encoder()
 _targets_decoder = msgspec.json.Decoder(list[tuple[str, str]])
 
 
@@ -107,14 +107,6 @@ class OutboxStatus(NamedTuple):
     last_problem: str | None  # the latest failed try's outcome, as "host: outcome"
 
 
-def _us(moment: datetime) -> int:
-    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-
-
-def _time(micros: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
-
-
 # A delivery's changes, its own and those of the deliveries to the same URL it superseded.
 _CHANGES_OF = (
     "(c.delivery = {d}.delivery OR c.delivery IN (SELECT s.delivery FROM deploy_hook_deliveries s"
@@ -131,8 +123,8 @@ MARK_EVERY = timedelta(seconds=10)  # how often an idle sender moves the schedul
 def _delivery(row: tuple[Any, ...]) -> Delivery:
     id, target, host, state, attempts, created, first, next_at, finished, outcome, changes = row
     return Delivery(
-        id, target, host, state, attempts, _time(created), _time(first), _time(next_at),
-        _time(finished) if finished is not None else None, outcome, changes,
+        id, target, host, state, attempts, from_micros(created), from_micros(first), from_micros(next_at),
+        from_micros(finished) if finished is not None else None, outcome, changes,
     )  # fmt: skip
 
 
@@ -158,7 +150,7 @@ class DeployOutbox:
             conn,
             "INSERT INTO deploy_hook_changes (change_key, kind, reason, changed_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (change_key) DO NOTHING RETURNING id",
-            (key, reason.kind, msgspec.json.encode(reason).decode(), _us(reason.at)),
+            (key, reason.kind, _encoder.encode(reason).decode(), to_micros(reason.at)),
         ).fetchone()
         return row is not None
 
@@ -179,12 +171,12 @@ class DeployOutbox:
         (checked,) = self._x(conn, "SELECT scheduled_checked_at FROM deploy_hook_sender WHERE id = 1").fetchone()
         if checked is None:
             return now - SCHEDULE_GRACE, True
-        mark = _time(checked)
+        mark = from_micros(checked)
         return max(mark, now - LOOK_BACK) - SCHEDULE_GRACE, now - mark >= MARK_EVERY
 
     def mark_scheduled(self, conn: Any, now: datetime) -> None:
         """Scheduled times up to `now` are recorded: call in the transaction that records them."""
-        self._x(conn, "UPDATE deploy_hook_sender SET scheduled_checked_at = ? WHERE id = 1", (_us(now),))
+        self._x(conn, "UPDATE deploy_hook_sender SET scheduled_checked_at = ? WHERE id = 1", (to_micros(now),))
 
     # -- the sender's lease ----------------------------------------------------------------------
 
@@ -194,20 +186,20 @@ class DeployOutbox:
         `targets` (hash and host), so the command line knows every URL the server sends to (`recorded_targets`)."""
         with self.database.transaction(write=False, timeout=READINESS_TIMEOUT) as conn:
             current, until = self._x(conn, "SELECT lease_holder, lease_until FROM deploy_hook_sender WHERE id = 1").fetchone()
-        if current is not None and until > _us(now):
+        if current is not None and until > to_micros(now):
             if current != holder:
                 return False
-            if until - _us(now) > _us(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds * 2 / 3)):
+            if until - to_micros(now) > seconds * 2 / 3 * 1_000_000:
                 return True
         with self.database.transaction(write=True, timeout=READINESS_TIMEOUT) as conn:
             row = self._x(
                 conn,
                 "UPDATE deploy_hook_sender SET lease_holder = ?, lease_until = ?"
                 " WHERE id = 1 AND (lease_holder = ? OR lease_holder IS NULL OR lease_until <= ?) RETURNING id",
-                (holder, _us(now + timedelta(seconds=seconds)), holder, _us(now)),
+                (holder, to_micros(now + timedelta(seconds=seconds)), holder, to_micros(now)),
             ).fetchone()
             if row is not None and targets is not None:
-                named = _targets_encoder.encode(sorted([target.id, target.host] for target in targets)).decode()
+                named = _encoder.encode(sorted([target.id, target.host] for target in targets)).decode()
                 self._x(conn, "UPDATE deploy_hook_sender SET targets = ? WHERE id = 1", (named,))
         return row is not None
 
@@ -223,7 +215,7 @@ class DeployOutbox:
         current, until = self._x(
             conn, f"SELECT lease_holder, lease_until FROM deploy_hook_sender WHERE id = 1{self.database.for_update}"
         ).fetchone()
-        return bool(current == holder and until > _us(now))
+        return bool(current == holder and until > to_micros(now))
 
     def release(self, holder: str) -> None:
         with self.database.transaction(write=True, timeout=READINESS_TIMEOUT) as conn:
@@ -241,7 +233,7 @@ class DeployOutbox:
         is superseded by it (the new one lists its reasons too). Its id, or None if nothing was gathered."""
         with self.database.transaction(write=False) as conn:
             (first,) = self._x(conn, "SELECT MIN(changed_at) FROM deploy_hook_changes WHERE delivery IS NULL").fetchone()
-        if first is None or _time(first) + timedelta(seconds=debounce) > now:
+        if first is None or from_micros(first) + timedelta(seconds=debounce) > now:
             return None  # nothing to write: most ticks end here
         with self.database.transaction(write=True) as conn:
             if not self._holds(conn, holder, now):
@@ -263,7 +255,7 @@ class DeployOutbox:
                     conn,
                     "INSERT INTO deploy_hook_deliveries (delivery, target, host, state, attempts, created_at, first_change_at,"
                     " next_attempt_at) VALUES (?, ?, ?, 'pending', 0, ?, ?, ?)",
-                    (delivery, target.id, target.host, _us(now), min(first, earlier or first), _us(now)),
+                    (delivery, target.id, target.host, to_micros(now), min(first, earlier or first), to_micros(now)),
                 )
         return delivery
 
@@ -279,7 +271,7 @@ class DeployOutbox:
             conn,
             "UPDATE deploy_hook_deliveries SET state = 'superseded', superseded_by = ?, finished_at = ?"
             " WHERE target = ? AND state = 'pending' AND attempts > 0",
-            (by, _us(now), target),
+            (by, to_micros(now), target),
         )
 
     def due(
@@ -297,7 +289,7 @@ class DeployOutbox:
             found = self._x(
                 conn,
                 f"SELECT 1 FROM deploy_hook_deliveries WHERE state = 'pending' AND next_attempt_at <= ?{among} LIMIT 1",
-                (_us(now), *among_params),
+                (to_micros(now), *among_params),
             ).fetchone()
         if found is None:
             return []  # nothing to write: most ticks end here
@@ -308,14 +300,14 @@ class DeployOutbox:
                 conn,
                 f"SELECT {_DELIVERY} FROM deploy_hook_deliveries d WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
                 f"{among.replace('target', 'd.target')} ORDER BY d.next_attempt_at, d.delivery LIMIT ?{self.database.for_update}",
-                (_us(now), *among_params, limit),
+                (to_micros(now), *among_params, limit),
             ).fetchall()
             taken = [_delivery(row) for row in rows]
             for delivery in taken:
                 self._x(
                     conn,
                     "UPDATE deploy_hook_deliveries SET next_attempt_at = ? WHERE delivery = ? AND target = ?",
-                    (_us(now + timedelta(seconds=hold)), delivery.id, delivery.target),
+                    (to_micros(now + timedelta(seconds=hold)), delivery.id, delivery.target),
                 )
         return taken
 
@@ -348,7 +340,7 @@ class DeployOutbox:
                     conn,
                     "INSERT INTO deploy_hook_deliveries (delivery, target, host, state, attempts, created_at, first_change_at,"
                     " next_attempt_at) VALUES (?, ?, ?, 'pending', 0, ?, ?, ?) ON CONFLICT (delivery, target) DO NOTHING",
-                    (delivery.id, target.id, target.host, _us(now), _us(delivery.first_change_at), _us(now)),
+                    (delivery.id, target.id, target.host, to_micros(now), to_micros(delivery.first_change_at), to_micros(now)),
                 )
 
     def finish(
@@ -369,8 +361,8 @@ class DeployOutbox:
                 (
                     state,
                     outcome,
-                    _us(next_attempt_at or now),
-                    None if state == "pending" else _us(now),
+                    to_micros(next_attempt_at or now),
+                    None if state == "pending" else to_micros(now),
                     delivery.id,
                     delivery.target,
                 ),
@@ -378,7 +370,7 @@ class DeployOutbox:
 
     def prune(self, *, now: datetime) -> None:
         """Forget deliveries finished more than KEEP_FINISHED ago, and their changes."""
-        before = _us(now - KEEP_FINISHED)
+        before = to_micros(now - KEEP_FINISHED)
         with self.database.transaction(write=True) as conn:
             self._x(
                 conn,
@@ -409,7 +401,7 @@ class DeployOutbox:
                 "UPDATE deploy_hook_deliveries SET next_attempt_at = ?,"
                 " created_at = CASE WHEN state = 'failed' THEN ? ELSE created_at END, state = 'pending', finished_at = NULL"
                 " WHERE state IN ('pending', 'failed')",
-                (_us(now), _us(now)),
+                (to_micros(now), to_micros(now)),
             ).rowcount
         return int(moved)
 
@@ -421,7 +413,7 @@ class DeployOutbox:
                 " COALESCE(SUM(CASE WHEN state = 'pending' AND attempts > 0 THEN 1 ELSE 0 END), 0),"
                 " COALESCE(SUM(CASE WHEN state = 'failed' AND finished_at > ? THEN 1 ELSE 0 END), 0),"
                 " MAX(CASE WHEN state = 'delivered' THEN finished_at END) FROM deploy_hook_deliveries",
-                (_us(now - timedelta(hours=24)),),
+                (to_micros(now - timedelta(hours=24)),),
             ).fetchone()
             (waiting,) = self._x(conn, "SELECT COUNT(*) FROM deploy_hook_changes WHERE delivery IS NULL").fetchone()
             holder, until = self._x(conn, "SELECT lease_holder, lease_until FROM deploy_hook_sender WHERE id = 1").fetchone()
@@ -435,7 +427,7 @@ class DeployOutbox:
             int(retrying),
             int(failed),
             int(waiting),
-            _time(delivered_at) if delivered_at is not None else None,
-            holder if holder is not None and until > _us(now) else None,
+            from_micros(delivered_at) if delivered_at is not None else None,
+            holder if holder is not None and until > to_micros(now) else None,
             f"{label(problem[0], problem[1])}: {problem[2]}" if problem else None,
         )

@@ -120,6 +120,20 @@ async def test_public_reads_and_their_304s_come_from_memory(served_polled_once: 
     assert calls.counts == {"list": 3, "get": 1}
 
 
+async def test_searches_are_not_kept_so_distinct_queries_cannot_push_the_lists_out(
+    served_polled_once: tuple[httpx.AsyncClient, Starlette],
+) -> None:
+    api, app = served_polled_once
+    await api.post("/announcements", json=POST, headers=ADMIN)
+    await api.get("/announcements")  # the list, kept
+    for n in range(20):
+        assert (await api.get(f"/announcements?q=talk{n}")).status_code == 200
+    assert len(announcements_of(app).views._views) == 1, "only the list is kept"
+    calls = StoreCalls(app)
+    await api.get("/announcements")
+    assert calls.counts["list"] == 0
+
+
 async def test_admin_reads_bypass_the_cache(served: tuple[httpx.AsyncClient, Starlette]) -> None:
     api, app = served
     location = (await api.post("/announcements", json={**POST, "published_at": "2099-01-01T00:00:00Z"}, headers=ADMIN)).headers[

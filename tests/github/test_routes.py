@@ -526,11 +526,12 @@ async def test_cold_list_with_a_slow_owner_takes_one_timeout_not_two(
 def test_the_views_of_a_cached_entry_stay_within_their_byte_budget() -> None:
     """Views are keyed by the client's query: however many distinct ones arrive, an entry holds at most
     MAX_VIEW_BYTES_PER_ENTRY of them (encoded forms counted)."""
-    from service.github.cache import MAX_VIEW_BYTES_PER_ENTRY, Entry, view_cost
+    from service.encoding import held_bytes
+    from service.github.cache import MAX_VIEW_BYTES_PER_ENTRY, Entry
 
     entry = Entry(value=None, validators=None, validated_at=0.0, fresh_until=0.0)
     body = b"x" * 100_000
     for n in range(500):
         entry.view(("query", n), lambda: body)
         assert entry.view_bytes <= MAX_VIEW_BYTES_PER_ENTRY
-        assert sum(view_cost(view.body) for view in entry.views.values()) == entry.view_bytes
+        assert sum(held_bytes(view.body) for view in entry.views.values()) == entry.view_bytes
