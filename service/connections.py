@@ -48,16 +48,22 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     Too slow: the connection is closed without an answer (nobody is reading one). The rest of a body that the
     app answered without reading (a 401, a 405) is bounded the same way: it must arrive within HEAD_TIMEOUT
-    of the answer. Too large: 431 problem+json
-    when no response is under way, then the connection is closed; nothing more of the head is read or kept.
-    The size is counted per chunk the transport delivers, so a head is cut at most one read (256 KiB) past
-    the limit, never after gathering megabytes. A body is the app's to bound (max_body_size, the deadline).
+    of the answer. Too large: 431 problem+json when no response is under way, then the connection is closed;
+    nothing more of the head is read or kept. The size is counted per chunk the transport delivers, so a head
+    is cut at most one read (256 KiB) past the limit, never after gathering megabytes. A body is the app's to
+    bound (max_body_size, the deadline).
+
+    One timer per connection, not one per request: `owed_since` says from when the client owes bytes (a head,
+    or the rest of a body answered early), and the timer, when it fires, looks at it and either closes the
+    connection, waits for what is left of the time, or stops until the next head begins. A busy keep-alive
+    connection arms about one timer per HEAD_TIMEOUT instead of one per request.
     """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's own
         super().connection_made(transport)
         self.head_bytes: int | None = 0  # bytes of the unfinished head; None between heads
-        self.head_timer: asyncio.TimerHandle | None = self.loop.call_later(HEAD_TIMEOUT, self.head_timed_out)
+        self.owed_since: float | None = self.loop.time()  # the first head is timed from the opening
+        self.owed_timer: asyncio.TimerHandle | None = self.loop.call_later(HEAD_TIMEOUT, self.check_owed)
 
     def data_received(self, data: bytes) -> None:
         if self.head_bytes is not None:
@@ -72,59 +78,60 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().on_message_begin()
         if self.head_bytes is None:  # a later request: counted from the next chunk, timed from now
             self.head_bytes = 0
-        if self.head_timer is None:
-            self.head_timer = self.loop.call_later(HEAD_TIMEOUT, self.head_timed_out)
+        if self.owed_since is None:
+            self.owed_since = self.loop.time()
+        if self.owed_timer is None:
+            self.owed_timer = self.loop.call_later(HEAD_TIMEOUT, self.check_owed)
 
     def on_headers_complete(self) -> None:
-        self.head_bytes = None
-        self.cancel_head_timer()
+        self.head_bytes = self.owed_since = None
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self.head_bytes is not None:  # a pipelined head waited on this answer: it is the client's from now
+            self.owed_since = self.loop.time()
+            return
         cycle = self.cycle
         if cycle is not None and cycle.more_body and not self.transport.is_closing():
             # Answered before its body arrived (a 401 without a token, a 405): the rest of the body must come
             # within HEAD_TIMEOUT too, or a client trickling it a byte a second would hold the connection.
-            self.cancel_head_timer()
-            self.head_timer = self.loop.call_later(HEAD_TIMEOUT, self.body_timed_out, cycle)
+            self.owed_since = self.loop.time()
+            if self.owed_timer is None:
+                self.owed_timer = self.loop.call_later(HEAD_TIMEOUT, self.check_owed)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        if self.head_bytes is None:  # the body's end, not a head in progress: its bound is met
-            self.cancel_head_timer()
+        if self.head_bytes is None:  # the body's end, not a head in progress: nothing is owed
+            self.owed_since = None
             cycle = self.cycle
             if cycle is not None and cycle.response_complete and self.timeout_keep_alive_task is None:
                 # Answered early: uvicorn armed its keep-alive time-out when the answer ended, and the body's
                 # bytes cancelled it. The connection is idle now: armed again, as uvicorn would, or it stays open.
                 self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
-    def body_timed_out(self, cycle: object) -> None:
-        self.head_timer = None
-        if self.cycle is cycle and self.cycle.more_body and not self.transport.is_closing():
-            self.transport.close()
-
     def connection_lost(self, exc: Exception | None) -> None:
-        self.cancel_head_timer()
+        if self.owed_timer is not None:
+            self.owed_timer.cancel()
+            self.owed_timer = None
         super().connection_lost(exc)
 
-    def cancel_head_timer(self) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
-
-    def head_timed_out(self) -> None:
-        self.head_timer = None
-        if self not in self.connections or self.transport.is_closing():  # handed over to a WebSocket, or gone
-            return
-        if self.cycle is not None and not self.cycle.response_complete:
-            # A pipelined head waits on our answer, not on the client: its time starts again.
-            self.head_timer = self.loop.call_later(HEAD_TIMEOUT, self.head_timed_out)
+    def check_owed(self) -> None:
+        """The timer: closes a connection whose client is late, else waits for what is left of its time."""
+        self.owed_timer = None
+        since = self.owed_since
+        if since is None or self not in self.connections or self.transport.is_closing():  # nothing owed, or gone
+            return  # (a connection handed over to a WebSocket has left `connections`)
+        now = self.loop.time()
+        if self.head_bytes is not None and self.cycle is not None and not self.cycle.response_complete:
+            since = self.owed_since = now  # a pipelined head waits on our answer, not on the client
+        if now - since < HEAD_TIMEOUT:
+            self.owed_timer = self.loop.call_later(since + HEAD_TIMEOUT - now, self.check_owed)
             return
         self.transport.close()
 
     def refuse_head(self) -> None:
-        self.cancel_head_timer()
+        self.owed_since = None
         if self.transport.is_closing():
             return
         if self.cycle is None or self.cycle.response_complete:  # no answer of the app is being written

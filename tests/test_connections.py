@@ -192,9 +192,12 @@ async def test_a_head_just_under_the_limit_and_a_large_body_in_one_chunk_are_ser
 
 
 def test_uvicorn_still_has_the_hooks_the_head_bound_extends() -> None:
-    """BoundedHeadProtocol extends five methods of uvicorn's HttpToolsProtocol and uses seven of its
+    """BoundedHeadProtocol extends seven methods of uvicorn's HttpToolsProtocol and uses seven of its
     attributes; a uvicorn release that renames one breaks the bound, and this test says so by name."""
-    for name in ("connection_made", "connection_lost", "data_received", "on_message_begin", "on_headers_complete"):
+    for name in (
+        "connection_made", "connection_lost", "data_received", "on_message_begin", "on_headers_complete",
+        "on_response_complete", "on_message_complete",
+    ):  # fmt: skip
         assert callable(getattr(HttpToolsProtocol, name, None)), (
             f"uvicorn {uvicorn.__version__}: HttpToolsProtocol.{name} is gone"
         )
@@ -244,3 +247,22 @@ async def test_a_connection_idle_after_a_body_answered_early_is_closed_after_the
     assert not transport.closed, "idle for less than the keep-alive timeout"
     await asyncio.sleep(0.3)
     assert transport.closed, "idle for longer than the keep-alive timeout"
+
+
+async def test_a_busy_keep_alive_connection_keeps_one_timer_rather_than_one_a_request(short_timeout: float) -> None:
+    """The head bound arms a timer when a connection opens and looks at the time owed when it fires; requests
+    that come and go before then arm none of their own."""
+    protocol, transport = connection(answer_after=0)
+    timer = protocol.owed_timer
+    for _ in range(20):
+        protocol.data_received(HEAD)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    assert transport.written.count(b"HTTP/1.1 200") == 20 and not transport.closed
+    assert protocol.owed_timer is timer and timer is not None and not timer.cancelled()
+    await asyncio.sleep(short_timeout * 1.25)  # it fired with nothing owed: stopped, until a head begins
+    assert protocol.owed_timer is None and not transport.closed
+    protocol.data_received(HEAD[:20])
+    assert protocol.owed_timer is not None
+    await asyncio.sleep(short_timeout * 1.25)
+    assert transport.closed
