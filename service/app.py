@@ -160,7 +160,14 @@ def create_app(
                 max_age=600,
             )
         )
-    middleware.append(Middleware(FallbackMiddleware, seconds=settings.request_timeout, max_body_size=settings.max_body_bytes))
+    middleware.append(
+        Middleware(
+            FallbackMiddleware,
+            seconds=settings.request_timeout,
+            max_body_size=settings.max_body_bytes,
+            answered_at_once=health.ANSWERED_AT_ONCE,
+        )
+    )
     metrics_token = BearerToken(settings.metrics_token) if settings.metrics_token else None
     app = Starlette(
         routes=[

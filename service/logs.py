@@ -124,7 +124,8 @@ class AccessLog:
         self.flush()
         atexit.unregister(self.flush)
 
-    def write(self, scope: Scope, status: int, seconds: float, ids: RequestIds, *, cut_off: bool = False) -> None:
+    def write(self, scope: Scope, status: int, nanoseconds: int, ids: RequestIds, *, cut_off: bool = False) -> None:
+        """One request's line; its duration in milliseconds to the microsecond."""
         client = scope.get("client")
         line = AccessLine(
             time.time_ns() // 1_000_000 / 1000,  # to the millisecond
@@ -134,7 +135,7 @@ class AccessLog:
             scope["method"],
             scope["path"],
             status,
-            round(seconds * 1000, 3),
+            nanoseconds // 1000 / 1000,
             ids.request_id,
             ids.trace_id,
             f"{client[0]}:{client[1]}" if client else None,

@@ -30,6 +30,7 @@ class Telemetry:
     def __init__(self, *, metrics: bool = False, otel: OpenTelemetry | None = None) -> None:
         self.series = Series() if metrics else None
         self.otel = otel
+        self.records_requests = metrics or otel is not None  # else `request_done` has nothing to do
 
     # -- requests --------------------------------------------------------------------------------
 
