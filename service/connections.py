@@ -71,8 +71,11 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().data_received(data)
         # Counted after parsing: a chunk that finishes the head may carry a body too. An unfinished head is
         # held by the parser, so it is cut after the chunk that takes it past the limit.
-        if self.head_bytes is not None and self.head_bytes > MAX_HEAD_BYTES:
-            self.refuse_head()
+        if self.head_bytes is not None:
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self.refuse_head()
+        elif (cycle := self.cycle) is not None and cycle.response_complete and self.timeout_keep_alive_task is None:
+            self.rearm_keep_alive_if_idle()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -92,8 +95,8 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         if self.head_bytes is not None:  # a pipelined head waited on this answer: it is the client's from now
             self.owed_since = self.loop.time()
             return
-        cycle = self.cycle
-        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+        cycle = self.cycle  # (a request queued behind this answer is the cycle now, not yet answered)
+        if cycle is not None and cycle.response_complete and cycle.more_body and not self.transport.is_closing():
             # Answered before its body arrived (a 401 without a token, a 405): the rest of the body must come
             # within HEAD_TIMEOUT too, or a client trickling it a byte a second would hold the connection.
             self.owed_since = self.loop.time()
@@ -103,12 +106,19 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         if self.head_bytes is None:  # the body's end, not a head in progress: nothing is owed
-            self.owed_since = None
+            answered_early, self.owed_since = self.owed_since is not None, None
             cycle = self.cycle
-            if cycle is not None and cycle.response_complete and self.timeout_keep_alive_task is None:
+            if answered_early and cycle is not None and cycle.response_complete and self.timeout_keep_alive_task is None:
                 # Answered early: uvicorn armed its keep-alive time-out when the answer ended, and the body's
                 # bytes cancelled it. The connection is idle now: armed again, as uvicorn would, or it stays open.
                 self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def rearm_keep_alive_if_idle(self) -> None:
+        """Bytes that began no request (a stray CRLF between requests, which the parser skips) cancelled
+        uvicorn's keep-alive time-out, and no head is owed: armed again, as uvicorn would, or the connection
+        stays open for ever. Not once it was handed over (a WebSocket) or is closing."""
+        if self.owed_since is None and not self.pipeline and self in self.connections and not self.transport.is_closing():
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.owed_timer is not None:

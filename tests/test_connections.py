@@ -192,7 +192,7 @@ async def test_a_head_just_under_the_limit_and_a_large_body_in_one_chunk_are_ser
 
 
 def test_uvicorn_still_has_the_hooks_the_head_bound_extends() -> None:
-    """BoundedHeadProtocol extends seven methods of uvicorn's HttpToolsProtocol and uses seven of its
+    """BoundedHeadProtocol extends seven methods of uvicorn's HttpToolsProtocol and uses eight of its
     attributes; a uvicorn release that renames one breaks the bound, and this test says so by name."""
     for name in (
         "connection_made", "connection_lost", "data_received", "on_message_begin", "on_headers_complete",
@@ -204,7 +204,7 @@ def test_uvicorn_still_has_the_hooks_the_head_bound_extends() -> None:
     source = inspect.getsource(HttpToolsProtocol)
     for attribute in (
         "self.cycle", "self.connections", "self.transport", "self.loop", "self.timeout_keep_alive_task",
-        "self.timeout_keep_alive", "def timeout_keep_alive_handler",
+        "self.timeout_keep_alive", "def timeout_keep_alive_handler", "self.pipeline",
     ):  # fmt: skip
         assert attribute in source, f"uvicorn {uvicorn.__version__}: HttpToolsProtocol no longer keeps {attribute}"
 
@@ -266,3 +266,61 @@ async def test_a_busy_keep_alive_connection_keeps_one_timer_rather_than_one_a_re
     assert protocol.owed_timer is not None
     await asyncio.sleep(short_timeout * 1.25)
     assert transport.closed
+
+
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+
+
+async def test_a_connection_upgraded_after_a_request_is_not_closed_by_the_keep_alive_timeout(short_timeout: float) -> None:
+    """uvicorn makes no new cycle for an upgrade, so the one the connection answered before is still there,
+    complete: that is not an early answer whose body ended, and no keep-alive timer is armed again."""
+    protocol, transport = connection(answer_after=0, keep_alive=0.2)
+    transport.set_protocol(protocol)
+    protocol.data_received(HEAD)
+    await asyncio.sleep(0.05)
+    protocol.data_received(UPGRADE)
+    await asyncio.sleep(0.6)  # past the keep-alive time-out and a head time-out
+    assert b"HTTP/1.1 101" in transport.written and transport.get_protocol() is not protocol
+    assert not transport.closed
+
+
+async def test_an_upload_queued_behind_a_slow_answer_is_not_taken_for_an_early_answer(short_timeout: float) -> None:
+    """A POST pipelined behind a GET is the protocol's cycle when the GET's answer ends; its body is still
+    arriving, but nothing has answered it: it is the app's to read, not a body owed after an answer."""
+    uploads: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/slow":
+            await asyncio.sleep(short_timeout / 2)
+        else:
+            size, more = 0, True
+            while more:
+                message = await receive()
+                size += len(message.get("body", b""))
+                more = message.get("more_body", False)
+            uploads.append(size)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    protocol, transport = connection(answer_after=0, app=app)
+    protocol.data_received(HEAD + b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n" + b"a")
+    for _ in range(39):  # a byte every 30 ms: three head time-outs in all, the app reading each
+        await asyncio.sleep(0.03)
+        assert not transport.closed
+        protocol.data_received(b"a")
+    await asyncio.sleep(0.05)
+    assert uploads == [40] and transport.written.count(b"HTTP/1.1 200") == 2 and not transport.closed
+
+
+async def test_a_stray_crlf_between_requests_does_not_keep_an_idle_connection_open(short_timeout: float) -> None:
+    """The parser skips an empty line before a request (RFC 9112 §2.2) without beginning one, and the bytes
+    cancelled uvicorn's keep-alive time-out: the idle connection is still closed after it."""
+    protocol, transport = connection(answer_after=0, keep_alive=0.3)
+    protocol.data_received(HEAD)
+    await asyncio.sleep(0.05)
+    protocol.data_received(b"\r\n")
+    await asyncio.sleep(0.2)
+    assert not transport.closed, "idle for less than the keep-alive timeout"
+    await asyncio.sleep(0.3)
+    assert transport.closed and transport.written.count(b"HTTP/1.1 200") == 1
