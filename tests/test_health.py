@@ -2,8 +2,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from starlette.routing import Route
 
+from service import health
+from service.app import create_app
 from service.readiness import Check
+from service.settings import load_settings
 from tests.support import assert_problem
 
 pytestmark = pytest.mark.anyio
@@ -47,3 +51,13 @@ async def test_a_trailing_slash_is_a_404_problem_never_a_redirect_built_from_hos
     response = await client.get("/health/", headers={"Host": "evil.example"})
     assert_problem(response, 404)
     assert "location" not in response.headers
+
+
+def test_the_paths_spared_the_request_deadline_answer_prepared_bytes() -> None:
+    """FallbackMiddleware spares ANSWERED_AT_ONCE the deadline's timer because their endpoint sends prepared
+    bytes before awaiting anything; a path pointed at another endpoint would keep the exemption silently."""
+    app = create_app(load_settings({"DATABASE_URL": "sqlite:///:memory:"}))
+    routes = {route.path: route for route in app.routes if isinstance(route, Route)}
+    assert health.ANSWERED_AT_ONCE
+    for path in health.ANSWERED_AT_ONCE:
+        assert isinstance(routes[path].endpoint, health.Health), path
