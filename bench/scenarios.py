@@ -826,8 +826,10 @@ def time_per_request(env: dict[str, object], profile: Profile) -> list[Outcome]:
     notes = [
         (
             "uvicorn's own HTTP/1.1 protocol answers 64 keep-alive connections through an in-memory transport: parsing, "
-            "the app and header writing, without the kernel's share (the same for every contender, and what makes the "
-            "ratios over real sockets in scenarios 1 and 2 closer to 1 than these)."
+            "the app and header writing, without the kernel's share. That share is the same for every contender, yet "
+            "this service's ratios over real sockets (scenarios 1 and 2) have come out lower than these, not closer to 1: "
+            "beside the kernel's work, a longer Python path also runs at fewer instructions a cycle. Read these as what "
+            "each contender's Python costs, not as throughput."
         ),
         (
             f"The service's middleware without the access line cost {lean[0] - edgeless[0]:.1f} µs a request here (request id, trace "
