@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import graphql
 
 from tests.fixtures.make_repos import make
-from tests.support import LoopbackServer
+from tests.support import LoopbackServer, QuietHandler
 
 T = TypeVar("T")
 
@@ -183,11 +183,10 @@ class GitHubStandIn(LoopbackServer):
         self.scenario: Scenario | None = None  # returns a Reply to override normal behaviour, or None
         self.delay = 0.0
         self.hold: threading.Event | None = None  # when set to an Event, every answer waits for it (at most 30 s)
-        self._lock = threading.Lock()
         super().__init__()
 
     def calls_to(self, prefix: str) -> list[Call]:
-        with self._lock:
+        with self.lock:
             return [c for c in self.calls if c.path.startswith(prefix)]
 
     # -- normal GitHub behaviour -------------------------------------------------------------
@@ -225,7 +224,7 @@ class GitHubStandIn(LoopbackServer):
             return Reply(401, json.dumps({"message": "This endpoint requires you to be authenticated."}).encode(),
                          {"Content-Type": "application/json"})  # fmt: skip
         request = json.loads(body)
-        with self._lock:
+        with self.lock:
             self.graphql_points_left = max(0, self.graphql_points_left - 1)
             left = self.graphql_points_left
         result = graphql.graphql_sync(
@@ -354,12 +353,10 @@ class GitHubStandIn(LoopbackServer):
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         standin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                with standin._lock:
+                with standin.lock:
                     standin.calls.append(Call(self.path, headers))
                 reply = (standin.scenario and standin.scenario(self.path, headers)) or standin.answer(self.path, headers)
                 self._reply(reply)
@@ -367,7 +364,7 @@ class GitHubStandIn(LoopbackServer):
             def do_POST(self) -> None:  # noqa: N802
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 body = self.rfile.read(int(headers.get("content-length", "0")))
-                with standin._lock:
+                with standin.lock:
                     standin.calls.append(Call(self.path, headers, body=body))
                 reply = standin.scenario and standin.scenario(self.path, headers)
                 if not reply:
@@ -394,9 +391,6 @@ class GitHubStandIn(LoopbackServer):
                 self.end_headers()
                 if reply.status != 304:
                     self.wfile.write(reply.body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
 
         return Handler
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.support import LoopbackServer
+from tests.support import LoopbackServer, QuietHandler
 
 
 @dataclass
@@ -39,7 +38,6 @@ class HookReceiver(LoopbackServer):
         self.answers = list(answers)
         self.hits: list[Hit] = []
         self.delay = 0.0  # seconds each answer waits (a build host that does not answer)
-        self._lock = threading.Lock()
         super().__init__()
 
     @property
@@ -48,18 +46,16 @@ class HookReceiver(LoopbackServer):
         return f"{super().url}/build_hooks/5c23354f454e1350f8543e78?trigger_title=secret-title"
 
     def received(self) -> list[Hit]:
-        with self._lock:
+        with self.lock:
             return list(self.hits)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with receiver._lock:
+                body = self.body()
+                with receiver.lock:
                     receiver.hits.append(Hit(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                     answer = receiver.answers.pop(0) if receiver.answers else 204
                 status, headers = answer if isinstance(answer, tuple) else (answer, {})
@@ -69,8 +65,5 @@ class HookReceiver(LoopbackServer):
                     self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
 
         return Handler

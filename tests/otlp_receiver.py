@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import threading
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.support import LoopbackServer
+from tests.support import LoopbackServer, QuietHandler
 
 
 class OtlpReceiver(LoopbackServer):
     def __init__(self) -> None:
         self.spans: list[Any] = []  # opentelemetry.proto.trace.v1.trace_pb2.Span
         self.resources: list[dict[str, str]] = []
-        self._lock = threading.Lock()
         super().__init__()
 
     def received(self) -> list[Any]:
-        with self._lock:
+        with self.lock:
             return list(self.spans)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -25,14 +23,11 @@ class OtlpReceiver(LoopbackServer):
 
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
-                with receiver._lock:
+                request.ParseFromString(self.body())
+                with receiver.lock:
                     for resource_spans in request.resource_spans:
                         attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
                         receiver.resources.append(attributes)
@@ -44,8 +39,5 @@ class OtlpReceiver(LoopbackServer):
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
 
         return Handler

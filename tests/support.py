@@ -117,6 +117,7 @@ class LoopbackServer:
     A subclass sets what its handler reads before calling `__init__`, and gives `_handler_class`."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()  # what the handler's threads record, and the test reads, is taken under it
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -136,6 +137,19 @@ class LoopbackServer:
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         raise NotImplementedError
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """The stand-ins' request handler: HTTP/1.1 keep-alive, and no line on stderr for each request."""
+
+    protocol_version = "HTTP/1.1"
+
+    def body(self) -> bytes:
+        """The request body, as long as its Content-Length says."""
+        return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
 
 # -- databases -------------------------------------------------------------------------------
