@@ -75,7 +75,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             if self.head_bytes > MAX_HEAD_BYTES:
                 self.refuse_head()
         elif (cycle := self.cycle) is not None and cycle.response_complete and self.timeout_keep_alive_task is None:
-            self.rearm_keep_alive_if_idle()
+            self.keep_alive_if_idle()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -106,17 +106,14 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         if self.head_bytes is None:  # the body's end, not a head in progress: nothing is owed
-            answered_early, self.owed_since = self.owed_since is not None, None
-            cycle = self.cycle
-            if answered_early and cycle is not None and cycle.response_complete and self.timeout_keep_alive_task is None:
-                # Answered early: uvicorn armed its keep-alive time-out when the answer ended, and the body's
-                # bytes cancelled it. The connection is idle now: armed again, as uvicorn would, or it stays open.
-                self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            self.owed_since = None
 
-    def rearm_keep_alive_if_idle(self) -> None:
-        """Bytes that began no request (a stray CRLF between requests, which the parser skips) cancelled
-        uvicorn's keep-alive time-out, and no head is owed: armed again, as uvicorn would, or the connection
-        stays open for ever. Not once it was handed over (a WebSocket) or is closing."""
+    def keep_alive_if_idle(self) -> None:
+        """uvicorn cancels its keep-alive time-out whenever bytes arrive, and arms it when an answer ends. Bytes
+        that arrive after the answer and leave the connection idle (the rest of a body answered early, or a
+        stray CRLF between requests, which the parser skips) would leave it open for ever: the time-out is
+        armed again, as uvicorn would. Not while a head or a body is owed or a request is queued, nor once the
+        connection was handed over (a WebSocket) or is closing."""
         if self.owed_since is None and not self.pipeline and self in self.connections and not self.transport.is_closing():
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
